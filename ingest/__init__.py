@@ -1,0 +1,1 @@
+"""MQTT telemetry in, validated and tagged rows out, acknowledged after commit."""

@@ -1,0 +1,294 @@
+"""Decode raw telemetry publishes into validated rows, or a reject with its reason code."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import msgspec
+
+from devices.catalog import DEVICE_TYPES, Kind
+from devices.registry import RegistrySnapshot
+
+# Contract: reasons are checked in this order.
+PAYLOAD_TOO_LARGE: Final = "payload_too_large"
+MALFORMED_PAYLOAD: Final = "malformed_payload"
+UNKNOWN_DEVICE: Final = "unknown_device"
+SCHEMA_VIOLATION: Final = "schema_violation"
+TIMESTAMP_OUT_OF_RANGE: Final = "timestamp_out_of_range"
+REASONS: Final = (
+    PAYLOAD_TOO_LARGE,
+    MALFORMED_PAYLOAD,
+    UNKNOWN_DEVICE,
+    SCHEMA_VIOLATION,
+    TIMESTAMP_OUT_OF_RANGE,
+)
+
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_FAR_FUTURE: Final = datetime.max.replace(tzinfo=UTC)
+_FAR_PAST: Final = datetime.min.replace(tzinfo=UTC)
+# RFC 8428 §4.5.3: SenML times below 2**28 are relative to now.
+_SENML_RELATIVE_LIMIT: Final = 2**28
+_TOPIC_PREFIX: Final = "devices/"
+_TOPIC_SUFFIX: Final = "/telemetry"
+
+_json_decode = msgspec.json.Decoder().decode
+
+Row = tuple[Any, ...]
+"""(time, device_id, service, *metric values in catalog order, None where absent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A message that validated: the table it goes to and its rows (one per timestamp)."""
+
+    device_type: str
+    rows: list[Row]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message that cannot be stored, with the contract's reason code."""
+
+    reason: str
+    detail: str
+    device_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The accepted span of reading times, fixed for a burst of messages."""
+
+    now: datetime
+    earliest: datetime
+    latest: datetime
+
+    @classmethod
+    def at(cls, now: datetime, *, max_age: timedelta, max_future: timedelta) -> Window:
+        return cls(now, now - max_age, now + max_future)
+
+
+class _Invalid(Exception):
+    """A schema violation found deep in validation."""
+
+
+# name -> (position in the row, kind, minimum, maximum, codes), per device type.
+_SPECS: Final = {
+    t.name: {
+        m.name: (3 + i, m.kind, m.minimum, m.maximum, m.codes) for i, m in enumerate(t.metrics)
+    }
+    for t in DEVICE_TYPES.values()
+}
+_WIDTH: Final = {t.name: 3 + len(t.metrics) for t in DEVICE_TYPES.values()}
+
+
+def device_id_of(topic: str) -> str | None:
+    """The device id in `devices/{id}/telemetry`, or None for any other topic."""
+    if topic.startswith(_TOPIC_PREFIX) and topic.endswith(_TOPIC_SUFFIX):
+        middle = topic[len(_TOPIC_PREFIX) : -len(_TOPIC_SUFFIX)]
+        if middle and "/" not in middle:
+            return middle
+    return None
+
+
+def decode(
+    topic: str,
+    payload: bytes,
+    registry: RegistrySnapshot,
+    window: Window,
+    *,
+    max_payload: int,
+) -> Accepted | Rejected:
+    """Validate one telemetry publish against its device's type from the registry."""
+    device_id = device_id_of(topic)
+    if len(payload) > max_payload:
+        return Rejected(PAYLOAD_TOO_LARGE, f"{len(payload)} bytes > {max_payload}", device_id)
+    doc = _parse_json(payload)
+    if isinstance(doc, Rejected):
+        return Rejected(doc.reason, doc.detail, device_id)
+    if not (isinstance(doc, dict) or (isinstance(doc, list) and _all_objects(doc))):
+        return Rejected(MALFORMED_PAYLOAD, "not a JSON object or SenML array", device_id)
+    device = registry.get(device_id) if device_id is not None else None
+    if device is None:
+        return Rejected(UNKNOWN_DEVICE, f"device {device_id!r} is not registered", device_id)
+    dtype = device.device_type.name
+    try:
+        if isinstance(doc, dict):
+            timed = [(_envelope_time(doc, window.now), _envelope_metrics(doc, dtype))]
+        else:
+            timed = _senml(doc, dtype, window.now)
+    except _Invalid as exc:
+        return Rejected(SCHEMA_VIOLATION, str(exc), device_id)
+    rows: list[Row] = []
+    for time, values in timed:
+        if time > window.latest:
+            return Rejected(
+                TIMESTAMP_OUT_OF_RANGE, f"{time.isoformat()} is in the future", device_id
+            )
+        if time < window.earliest:
+            return Rejected(
+                TIMESTAMP_OUT_OF_RANGE, f"{time.isoformat()} is older than the window", device_id
+            )
+        values[0] = time
+        values[1] = device_id
+        values[2] = device.service_at(time)
+        rows.append(tuple(values))
+    return Accepted(dtype, rows)
+
+
+def _parse_json(payload: bytes) -> object:
+    try:
+        return _json_decode(payload)
+    except RecursionError:
+        return Rejected(MALFORMED_PAYLOAD, "JSON nested too deeply")
+    except msgspec.DecodeError:
+        pass
+    # The strict decoder refuses NaN and Infinity; the contract calls those a schema
+    # violation, not a malformed payload, so parse once more leniently before giving up.
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        return Rejected(MALFORMED_PAYLOAD, f"not JSON: {str(exc)[:200]}")
+
+
+def _all_objects(items: list[object]) -> bool:
+    return all(isinstance(item, dict) for item in items)
+
+
+def _envelope_time(doc: dict[str, Any], now: datetime) -> datetime:
+    seq = doc.get("seq")
+    if seq is not None and (type(seq) is not int or seq < 0):
+        raise _Invalid("seq must be a whole number >= 0")
+    ts = doc.get("ts")
+    if ts is None:
+        return now
+    if type(ts) is str:
+        try:
+            parsed = datetime.fromisoformat(ts)
+        except ValueError:
+            raise _Invalid(f"ts {ts[:64]!r} is not ISO 8601") from None
+        if parsed.tzinfo is None:
+            raise _Invalid(f"ts {ts[:64]!r} has no UTC offset")
+        return parsed
+    if type(ts) is int or type(ts) is float:
+        return _epoch_millis(ts)
+    raise _Invalid("ts must be an ISO 8601 string with an offset or epoch milliseconds")
+
+
+def _epoch_millis(millis: float) -> datetime:
+    if not math.isfinite(millis):
+        raise _Invalid("ts is not a finite number")
+    try:
+        return EPOCH + timedelta(milliseconds=millis)
+    except OverflowError:
+        # Past the calendar's end: outside any window, so the window check rejects it.
+        return _FAR_FUTURE if millis > 0 else _FAR_PAST
+
+
+def _envelope_metrics(doc: dict[str, Any], dtype: str) -> list[Any]:
+    metrics = doc.get("metrics")
+    if type(metrics) is not dict:
+        raise _Invalid("metrics must be a JSON object")
+    if not metrics:
+        raise _Invalid("metrics is empty")
+    specs = _SPECS[dtype]
+    values: list[Any] = [None] * _WIDTH[dtype]
+    for name, raw in metrics.items():
+        spec = specs.get(name)
+        if spec is None:
+            raise _Invalid(f"unknown metric {name!r} for {dtype}")
+        values[spec[0]] = _value(name, raw, spec[1], spec[2], spec[3], spec[4])
+    return values
+
+
+def _value(name: str, raw: object, kind: Kind, lo: float, hi: float, codes: Any) -> float | int:
+    t = type(raw)
+    if kind is Kind.NUMBER:
+        if t is not float and t is not int:
+            raise _Invalid(f"{name} must be a number")
+        if not lo <= raw <= hi:  # type: ignore[operator]
+            if t is float and not math.isfinite(raw):  # type: ignore[arg-type]
+                raise _Invalid(f"{name} is not a finite number")
+            raise _Invalid(f"{name}={raw!r} is outside [{lo:g}, {hi:g}]")
+        return raw if t is float else float(raw)  # type: ignore[arg-type,return-value]
+    if kind is Kind.BOOL:
+        if t is not bool:
+            raise _Invalid(f"{name} must be true or false")
+        return 1 if raw else 0
+    if kind is Kind.WHOLE:
+        whole = _whole(name, raw)
+        if not lo <= whole <= hi:
+            raise _Invalid(f"{name}={raw!r} is outside [{lo:g}, {hi:g}]")
+        return whole
+    # Kind.ENUM: the name or the code.
+    if t is str:
+        code = codes.get(raw)
+        if code is None:
+            raise _Invalid(f"{name}={raw!r} is not one of {', '.join(codes)}")
+        return int(code)
+    code = _whole(name, raw)
+    if code not in codes.values():
+        raise _Invalid(f"{name}={raw!r} is not a valid code")
+    return code
+
+
+def _whole(name: str, raw: object) -> int:
+    if isinstance(raw, int) and type(raw) is not bool:
+        return raw
+    if isinstance(raw, float) and math.isfinite(raw) and raw.is_integer():
+        return int(raw)
+    raise _Invalid(f"{name}={raw!r} must be a whole number")
+
+
+def _senml(
+    records: list[dict[str, Any]], dtype: str, now: datetime
+) -> list[tuple[datetime, list[Any]]]:
+    """RFC 8428 records, base fields carried forward, grouped into one row per time."""
+    if not records:
+        raise _Invalid("SenML pack has no records")
+    specs = _SPECS[dtype]
+    by_time: dict[datetime, list[Any]] = {}
+    base_name, base_time = "", 0.0
+    for rec in records:
+        bn = rec.get("bn", base_name)
+        bt = rec.get("bt", base_time)
+        if type(bn) is not str or not _is_number(bt):
+            raise _Invalid("SenML bn must be a string and bt a number")
+        base_name, base_time = bn, float(bt)
+        n = rec.get("n", "")
+        t = rec.get("t", 0.0)
+        if type(n) is not str or not _is_number(t):
+            raise _Invalid("SenML n must be a string and t a number")
+        name = (base_name + n).replace("/", ":").rsplit(":", 1)[-1]
+        spec = specs.get(name)
+        if spec is None:
+            raise _Invalid(f"unknown metric {name!r} for {dtype}")
+        time = _senml_time(base_time + float(t), now)
+        present = [k for k in ("v", "vb", "vs") if k in rec]
+        if len(present) != 1:
+            raise _Invalid(f"SenML record for {name} needs exactly one of v, vb, vs")
+        values = by_time.get(time)
+        if values is None:
+            values = by_time[time] = [None] * _WIDTH[dtype]
+        if values[spec[0]] is not None:
+            raise _Invalid(f"SenML pack repeats {name} at {time.isoformat()}")
+        values[spec[0]] = _value(name, rec[present[0]], spec[1], spec[2], spec[3], spec[4])
+    return list(by_time.items())
+
+
+def _senml_time(seconds: float, now: datetime) -> datetime:
+    if not math.isfinite(seconds):
+        raise _Invalid("SenML time is not a finite number")
+    try:
+        if abs(seconds) < _SENML_RELATIVE_LIMIT:
+            return now + timedelta(seconds=seconds)
+        return EPOCH + timedelta(seconds=seconds)
+    except OverflowError:
+        return _FAR_FUTURE if seconds > 0 else _FAR_PAST
+
+
+def _is_number(value: object) -> bool:
+    return type(value) is int or type(value) is float

@@ -1,0 +1,262 @@
+"""The ingestor: MQTT publishes in, batches committed to the store, acknowledged after commit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import psycopg
+
+from devices.registry import RegistrySnapshot
+from devices.topics import shared_filter
+from ingest.decode import Accepted, Row, Window, decode
+from ingest.errors import IngestError
+from ingest.metrics import IngestMetrics
+from ingest.mqtt_wire import MqttSubscriber
+from store.errors import StoreError, StoreUnavailable
+from store.registry import load_snapshot, registry_version
+from store.writer import ReadingsWriter, RejectRow
+
+logger = logging.getLogger(__name__)
+
+# Sealed batches waiting for the writer before the socket stops being read: one being
+# written and one filling covers a steady flow; more only adds memory and latency.
+_MAX_SEALED: Final = 2
+# The reading-time window moves this often rather than once per message.
+_WINDOW_REFRESH_S: Final = 0.05
+# Shared retry backoff for an unavailable store: fast first retry, capped, jittered.
+_BACKOFF_FIRST_S: Final = 0.1
+_BACKOFF_MAX_S: Final = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    mqtt_url: str
+    database_url: str
+    client_id: str
+    share_group: str = "ingest"
+    batch_size: int = 5000
+    batch_interval: timedelta = timedelta(milliseconds=100)
+    receive_maximum: int = 20_000
+    session_expiry: timedelta = timedelta(days=1)
+    max_payload: int = 64 * 1024
+    max_age: timedelta = timedelta(days=7)
+    max_future: timedelta = timedelta(minutes=5)
+    registry_refresh: timedelta = timedelta(seconds=2)
+
+
+@dataclass(slots=True)
+class _Batch:
+    generation: int
+    rows: dict[str, list[Row]] = field(default_factory=dict)
+    rejects: list[RejectRow] = field(default_factory=list)
+    packet_ids: list[int] = field(default_factory=list)
+    accepted: int = 0
+
+
+class Ingestor:
+    """Runs one ingest process: subscribe, decode, batch, commit, then acknowledge."""
+
+    def __init__(self, config: IngestConfig, *, metrics: IngestMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or IngestMetrics()
+        self._registry = RegistrySnapshot(())
+        self._writer = ReadingsWriter(config.database_url, name=f"ingest {config.client_id}")
+        self._subscriber = MqttSubscriber(
+            config.mqtt_url,
+            client_id=config.client_id,
+            topic_filters=[shared_filter(config.share_group)],
+            on_publish=self._on_publish,
+            session_expiry=int(config.session_expiry.total_seconds()),
+            receive_maximum=config.receive_maximum,
+            clean_start=False,
+        )
+        self._batch: _Batch | None = None
+        self._sealed: deque[_Batch] = deque()
+        self._wakeup = asyncio.Event()
+        self._paused = False
+        self._window = self._new_window()
+        self._window_at = time.monotonic()
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self.committed_batches = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Ingest until `stop` is set, then commit and acknowledge what is in hand."""
+        await self._check_store()
+        async with await self._registry_connection() as conn:
+            self._registry = await load_snapshot(conn)
+            logger.info("registry: %d active devices", len(self._registry))
+            await self._subscriber.start()
+            logger.info(
+                "ingest %s: subscribed to %s",
+                self.config.client_id,
+                shared_filter(self.config.share_group),
+            )
+            tasks = [
+                asyncio.create_task(self._write_loop(stop), name="ingest-writer"),
+                asyncio.create_task(self._refresh_loop(conn, stop), name="registry-refresh"),
+            ]
+            try:
+                await stop.wait()
+                self._seal()
+                self._wakeup.set()
+                await tasks[0]
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await self._subscriber.stop()
+                await self._writer.close()
+
+    # -- receive path: runs for every publish, keep it lean -------------------------------
+
+    def _on_publish(self, packet_id: int, topic: str, payload: bytes) -> None:
+        now = time.monotonic()
+        if now - self._window_at > _WINDOW_REFRESH_S:
+            self._window = self._new_window()
+            self._window_at = now
+        batch = self._batch
+        generation = self._subscriber.generation
+        if batch is None or batch.generation != generation:
+            if batch is not None:
+                self._seal()
+            batch = self._batch = _Batch(generation)
+            self._flush_timer = asyncio.get_running_loop().call_later(
+                self.config.batch_interval.total_seconds(), self._seal
+            )
+        result = decode(
+            topic, payload, self._registry, self._window, max_payload=self.config.max_payload
+        )
+        if isinstance(result, Accepted):
+            rows = batch.rows.get(result.device_type)
+            if rows is None:
+                batch.rows[result.device_type] = result.rows
+            else:
+                rows.extend(result.rows)
+            batch.accepted += 1
+        else:
+            batch.rejects.append(
+                RejectRow(
+                    self._window.now, topic, result.device_id, result.reason, result.detail, payload
+                )
+            )
+        batch.packet_ids.append(packet_id)
+        if len(batch.packet_ids) >= self.config.batch_size:
+            self._seal()
+
+    def _seal(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        batch, self._batch = self._batch, None
+        if batch is None or not batch.packet_ids:
+            return
+        self._sealed.append(batch)
+        self._wakeup.set()
+        if len(self._sealed) >= _MAX_SEALED and not self._paused:
+            self._paused = True
+            self._subscriber.pause_reading()
+
+    def _new_window(self) -> Window:
+        return Window.at(
+            datetime.now(UTC), max_age=self.config.max_age, max_future=self.config.max_future
+        )
+
+    # -- write path ------------------------------------------------------------------------
+
+    async def _write_loop(self, stop: asyncio.Event) -> None:
+        while True:
+            if not self._sealed:
+                if stop.is_set():
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._sealed[0]
+            self.metrics.pending.set(sum(len(b.packet_ids) for b in self._sealed))
+            await self._commit(batch)
+            self._sealed.popleft()
+            self._subscriber.ack(batch.packet_ids, batch.generation)
+            if self._paused and len(self._sealed) < _MAX_SEALED:
+                self._paused = False
+                self._subscriber.resume_reading()
+
+    async def _commit(self, batch: _Batch) -> None:
+        delay = _BACKOFF_FIRST_S
+        failing_since: float | None = None
+        while True:
+            started = time.perf_counter()
+            try:
+                result = await self._writer.write(batch.rows, batch.rejects)
+            except (StoreUnavailable, StoreError) as exc:
+                self.metrics.store_up.set(0)
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    logger.warning(
+                        "%s; holding %d message(s) unacknowledged, retrying",
+                        exc,
+                        len(batch.packet_ids),
+                    )
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+                continue
+            self.metrics.store_up.set(1)
+            if failing_since is not None:
+                logger.warning(
+                    "store is back after %.1f s; resuming", time.monotonic() - failing_since
+                )
+            m = self.metrics
+            m.batch_seconds.observe(time.perf_counter() - started)
+            m.received.inc(len(batch.packet_ids))
+            m.stored.inc(batch.accepted)
+            m.rows.inc(result.stored)
+            m.duplicates.inc(result.duplicates)
+            for reject in batch.rejects:
+                m.rejected.labels(reject.reason).inc()
+            self.committed_batches += 1
+            return
+
+    # -- registry ----------------------------------------------------------------------------
+
+    async def _refresh_loop(self, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> None:
+        interval = self.config.registry_refresh.total_seconds()
+        while not stop.is_set():
+            await asyncio.sleep(interval)
+            try:
+                if await registry_version(conn) != self._registry.version:
+                    self._registry = await load_snapshot(conn)
+                    logger.info("registry reloaded: %d active devices", len(self._registry))
+            except psycopg.Error as exc:
+                logger.warning("registry refresh failed, keeping the last snapshot: %s", exc)
+                if conn.closed or conn.broken:
+                    conn = await self._registry_connection(retry=True)
+
+    async def _registry_connection(self, *, retry: bool = False) -> psycopg.AsyncConnection[Any]:
+        delay = _BACKOFF_FIRST_S
+        while True:
+            try:
+                return await psycopg.AsyncConnection.connect(
+                    self.config.database_url, autocommit=True, application_name="silobreak-registry"
+                )
+            except psycopg.OperationalError as exc:
+                if not retry:
+                    raise IngestError(f"database: {_first_line(exc)}") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+
+    async def _check_store(self) -> None:
+        try:
+            await self._writer.connect()
+        except StoreError as exc:
+            raise IngestError(str(exc)) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,1 @@
+"""The silobreak application shell: CLI, settings and process wiring."""

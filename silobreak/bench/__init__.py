@@ -1,0 +1,1 @@
+"""Benchmarks: `silobreak bench` measures silobreak against a baseline in the same run."""

@@ -1,0 +1,327 @@
+"""The `silobreak` command line: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import psycopg
+
+from devices.catalog import DEVICE_TYPES, MEDIA
+from devices.errors import DevicesError
+from devices.registry import new_record, parse_csv
+from ingest.errors import IngestError
+from silobreak.settings import Settings, SettingsError, load_settings
+from store.errors import StoreError, StoreUnavailable
+
+logger = logging.getLogger("silobreak")
+T = TypeVar("T")
+
+# Errors that mean "the user or the environment is wrong": one line, no traceback.
+_USER_ERRORS: tuple[type[BaseException], ...] = (
+    SettingsError,
+    StoreError,
+    IngestError,
+    DevicesError,
+    OSError,
+)
+
+
+class _Group(click.Group):
+    """Turns known failures into one clear line and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _USER_ERRORS + _extra_user_errors() as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            raise click.ClickException(str(exc) or type(exc).__name__) from None
+        except psycopg.Error as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise click.ClickException(f"database: {first}") from None
+
+
+def _extra_user_errors() -> tuple[type[BaseException], ...]:
+    from ingest.mqtt_wire import MqttError  # noqa: PLC0415 - keeps `--help` fast
+    from silobreak.local import LocalServiceError  # noqa: PLC0415
+
+    return (MqttError, LocalServiceError)
+
+
+@click.group(cls=_Group)
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """silobreak: telemetry from a city's shared sensors, governed across its services."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _settings(ctx: click.Context) -> Settings:
+    if "settings" not in ctx.obj:
+        ctx.obj["settings"] = load_settings()
+    settings: Settings = ctx.obj["settings"]
+    return settings
+
+
+@contextmanager
+def _db(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
+    try:
+        conn = psycopg.connect(settings.database_url, autocommit=True)
+    except psycopg.OperationalError as exc:
+        first = (str(exc).strip().splitlines() or ["cannot connect"])[0]
+        raise StoreUnavailable(
+            f"database unreachable ({first}); check SILOBREAK_DATABASE_URL"
+        ) from None
+    with conn:
+        yield conn
+
+
+def run_async(main_coro: Callable[[asyncio.Event], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine on uvloop with SIGINT/SIGTERM setting its stop event."""
+
+    async def runner() -> T:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await main_coro(stop)
+
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up
+
+        return uvloop.run(runner())
+    except ImportError:
+        return asyncio.run(runner())
+
+
+# -- migrate -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Create or upgrade the database schema (idempotent)."""
+    from store.migrate import migrate as do_migrate  # noqa: PLC0415
+
+    settings = _settings(ctx)
+    applied = do_migrate(settings.database_url, backend=settings.store_backend)
+    click.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
+
+
+# -- ingest ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.pass_context
+def ingest(ctx: click.Context) -> None:
+    """Subscribe to device telemetry and store it (runs until Ctrl-C or SIGTERM)."""
+    from ingest.service import Ingestor  # noqa: PLC0415
+
+    settings = _settings(ctx)
+    ingestor = Ingestor(ingest_config(settings))
+    ingestor.metrics.serve(settings.metrics_host, settings.metrics_port)
+    run_async(ingestor.run)
+
+
+def ingest_config(settings: Settings) -> Any:
+    from ingest.service import IngestConfig  # noqa: PLC0415
+
+    return IngestConfig(
+        mqtt_url=settings.mqtt_url,
+        database_url=settings.database_url,
+        client_id=settings.ingest_client_id,
+        share_group=settings.ingest_share_group,
+        batch_size=settings.ingest_batch_size,
+        batch_interval=settings.ingest_batch_interval,
+        receive_maximum=settings.ingest_receive_maximum,
+        session_expiry=settings.ingest_session_expiry,
+        max_payload=settings.ingest_max_payload,
+        max_age=settings.ingest_max_age,
+        max_future=settings.ingest_max_future,
+        registry_refresh=settings.registry_refresh,
+    )
+
+
+# -- devices -----------------------------------------------------------------------------
+
+
+@main.group()
+def devices() -> None:
+    """Register, import and list devices."""
+
+
+@devices.command("add")
+@click.argument("device_id")
+@click.option("--type", "device_type", required=True, type=click.Choice(list(DEVICE_TYPES)))
+@click.option("--service", help="Owning service (default: the type's usual owner).")
+@click.option("--district")
+@click.option("--lat", type=click.FloatRange(-90, 90))
+@click.option("--lon", type=click.FloatRange(-180, 180))
+@click.option("--medium", type=click.Choice(list(MEDIA)), help="Meters only.")
+@click.pass_context
+def devices_add(
+    ctx: click.Context,
+    device_id: str,
+    device_type: str,
+    service: str | None,
+    district: str | None,
+    lat: float | None,
+    lon: float | None,
+    medium: str | None,
+) -> None:
+    """Register one device (or update it)."""
+    from store.registry import upsert_devices  # noqa: PLC0415
+
+    record = new_record(
+        device_id, device_type, service, district=district, lat=lat, lon=lon, medium=medium
+    )
+    with _db(_settings(ctx)) as conn:
+        new = upsert_devices(conn, [record])
+    click.echo(
+        f"{'registered' if new else 'updated'} {device_id} ({device_type}, {record.service})"
+    )
+
+
+@devices.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def devices_import(ctx: click.Context, file: Path) -> None:
+    """Import devices from a CSV (device_id,device_type,service[,district,lat,lon,medium,...])."""
+    from store.registry import upsert_devices  # noqa: PLC0415
+
+    records = parse_csv(file.read_text(encoding="utf-8-sig"))
+    with _db(_settings(ctx)) as conn:
+        new = upsert_devices(conn, records)
+    click.echo(f"imported {len(records)} device(s): {new} new, {len(records) - new} updated")
+
+
+@devices.command("list")
+@click.option("--service")
+@click.option("--type", "device_type", type=click.Choice(list(DEVICE_TYPES)))
+@click.option("--district")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=1000, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.pass_context
+def devices_list(
+    ctx: click.Context,
+    service: str | None,
+    device_type: str | None,
+    district: str | None,
+    limit: int,
+    fmt: str,
+) -> None:
+    """List registered devices."""
+    from store.registry import list_devices  # noqa: PLC0415
+
+    with _db(_settings(ctx)) as conn:
+        rows = list_devices(
+            conn, service=service, device_type=device_type, district=district, limit=limit
+        )
+    header = [
+        "device_id",
+        "device_type",
+        "service",
+        "district",
+        "medium",
+        "lifecycle",
+        "connection",
+        "last_seen",
+    ]
+    _emit(header, [[getattr(r, h) for h in header] for r in rows], fmt)
+
+
+# -- rejects -----------------------------------------------------------------------------
+
+
+@main.group()
+def rejects() -> None:
+    """Read the dead-letter table."""
+
+
+@rejects.command("list")
+@click.option("--reason")
+@click.option("--device")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.pass_context
+def rejects_list(
+    ctx: click.Context, reason: str | None, device: str | None, limit: int, fmt: str
+) -> None:
+    """List dead-lettered messages, newest first."""
+    with _db(_settings(ctx)) as conn:
+        rows = conn.execute(
+            "SELECT received_at, reason, device_id, topic, detail, payload FROM rejected_messages"
+            " WHERE (%(r)s::text IS NULL OR reason = %(r)s)"
+            " AND (%(d)s::text IS NULL OR device_id = %(d)s)"
+            " ORDER BY received_at DESC, id DESC LIMIT %(n)s",
+            {"r": reason, "d": device, "n": limit},
+        ).fetchall()
+    header = ["received_at", "reason", "device_id", "topic", "detail", "payload"]
+    out = [[*r[:5], bytes(r[5])[:120].decode("utf-8", "replace")] for r in rows]
+    _emit(header, out, fmt)
+
+
+# -- docs --------------------------------------------------------------------------------
+
+
+@main.group()
+def docs() -> None:
+    """Generated documentation."""
+
+
+@docs.command("devices")
+@click.option("--check", is_flag=True, help="Fail when the file differs from the catalog.")
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("docs/devices.md")
+)
+def docs_devices(check: bool, output: Path) -> None:
+    """Write docs/devices.md from the device catalog."""
+    from devices.docs import render  # noqa: PLC0415
+
+    text = render()
+    if check:
+        if not output.is_file() or output.read_text(encoding="utf-8") != text:
+            raise click.ClickException(f"{output} is out of date: run `silobreak docs devices`")
+        click.echo(f"{output} matches the catalog")
+        return
+    output.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {output}")
+
+
+def _emit(header: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> None:
+    if fmt == "json":
+        for row in rows:
+            click.echo(json.dumps(dict(zip(header, row, strict=True)), default=str))
+        return
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(header)
+        writer.writerows(["" if v is None else v for v in row] for row in rows)
+        return
+    text = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in text]) for i, h in enumerate(header)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    for r in text:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The time-series store: schema, migrations, write path, registry and read path."""

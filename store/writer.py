@@ -1,0 +1,252 @@
+"""The write path: one transaction per batch, COPY first, an idempotent merge on redelivery."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import psycopg
+from psycopg import sql
+
+from store.errors import StoreError, StoreUnavailable
+from store.schema import READINGS_TABLES, ReadingsTable
+
+logger = logging.getLogger(__name__)
+
+Row = tuple[Any, ...]
+
+REJECT_COLUMNS: Final = ("received_at", "topic", "device_id", "reason", "detail", "payload")
+_REJECT_TYPES: Final = ("timestamptz", "text", "text", "text", "text", "bytea")
+# Days of partitions made ahead of the newest reading, so midnight never waits on DDL.
+_PARTITIONS_AHEAD: Final = 2
+# SQLSTATE classes after which the same batch may succeed later: 08 connection exception,
+# 53 insufficient resources (disk full), 57 operator intervention (shutdown), 40 rollback.
+_RETRYABLE_CLASSES: Final = ("08", "53", "57", "40")
+
+
+@dataclass(frozen=True, slots=True)
+class RejectRow:
+    """A message that could not be stored, as it goes into `rejected_messages`."""
+
+    received_at: datetime
+    topic: str
+    device_id: str | None
+    reason: str
+    detail: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    stored: int  # rows that are new, or that filled metrics missing from a stored row
+    duplicates: int  # rows that were already stored whole (redeliveries)
+    rejects: int
+
+
+class ReadingsWriter:
+    """Writes batches of readings and rejects; a batch is committed whole or not at all."""
+
+    def __init__(self, conninfo: str, *, name: str = "writer") -> None:
+        self._conninfo = conninfo
+        self._name = name
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._partitioned = False
+        self._days: dict[str, set[Any]] = {}
+        self._staged: set[str] = set()
+
+    async def connect(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            return
+        try:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self._conninfo, application_name=f"silobreak-{self._name}"
+            )
+            await self._conn.set_autocommit(True)
+            row = await (
+                await self._conn.execute("SELECT value FROM store_settings WHERE key = 'backend'")
+            ).fetchone()
+        except psycopg.errors.UndefinedTable as exc:
+            await self.close()
+            raise StoreError("database is not migrated: run `silobreak migrate`") from exc
+        except psycopg.Error as exc:
+            await self.close()
+            raise unavailable(self._name, exc) from exc
+        if row is None:
+            await self.close()
+            raise StoreError("database is not migrated: run `silobreak migrate`")
+        self._partitioned = row[0] == "plain"
+        self._days.clear()
+        self._staged.clear()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def write(
+        self, rows_by_type: Mapping[str, Sequence[Row]], rejects: Sequence[RejectRow] = ()
+    ) -> WriteResult:
+        """Commit every row and reject of one batch; raises StoreUnavailable to be retried."""
+        await self.connect()
+        conn = self._conn
+        assert conn is not None
+        try:
+            if self._partitioned:
+                await self._ensure_partitions(conn, rows_by_type)
+            stored = duplicates = 0
+            async with conn.transaction():
+                for device_type, rows in rows_by_type.items():
+                    if rows:
+                        new, dup = await self._write_rows(conn, READINGS_TABLES[device_type], rows)
+                        stored += new
+                        duplicates += dup
+                if rejects:
+                    await _copy_rejects(conn, rejects)
+        except psycopg.Error as exc:
+            if conn.closed or _retryable(exc):
+                await self.close()
+                raise unavailable(self._name, exc) from exc
+            raise StoreError(f"{self._name}: batch refused: {_first_line(exc)}") from exc
+        return WriteResult(stored, duplicates, len(rejects))
+
+    async def _write_rows(
+        self, conn: psycopg.AsyncConnection[Any], table: ReadingsTable, rows: Sequence[Row]
+    ) -> tuple[int, int]:
+        # Fast path: plain COPY. A redelivered message breaks the primary key and rolls
+        # back only this savepoint; the merge below then stores what is new.
+        try:
+            async with conn.transaction():
+                await _copy(conn, table.name, table.columns, table.copy_types, rows)
+        except psycopg.errors.UniqueViolation:
+            pass
+        else:
+            return len(rows), 0
+        merged = merge_first_wins(rows)
+        stage = await self._stage(conn, table)
+        await conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(stage)))
+        await _copy(conn, stage, table.columns, table.copy_types, merged)
+        cur = await conn.execute(_merge_sql(table, stage))
+        changed = max(cur.rowcount, 0)
+        return changed, len(rows) - changed
+
+    async def _stage(self, conn: psycopg.AsyncConnection[Any], table: ReadingsTable) -> str:
+        stage = f"stage_{table.name}"
+        if stage not in self._staged:
+            await conn.execute(
+                sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {})").format(
+                    sql.Identifier(stage), sql.Identifier(table.name)
+                )
+            )
+            self._staged.add(stage)
+        return stage
+
+    async def _ensure_partitions(
+        self, conn: psycopg.AsyncConnection[Any], rows_by_type: Mapping[str, Sequence[Row]]
+    ) -> None:
+        for device_type, rows in rows_by_type.items():
+            if not rows:
+                continue
+            table = READINGS_TABLES[device_type].name
+            known = self._days.setdefault(table, set())
+            times = [r[0] for r in rows]
+            first = min(times).astimezone(UTC).date()
+            last = max(times).astimezone(UTC).date()
+            if first in known and last in known and (last - first).days <= 1:
+                continue
+            last_needed = max(last, datetime.now(UTC).date()) + timedelta(days=_PARTITIONS_AHEAD)
+            await conn.execute(
+                "SELECT silobreak_ensure_partitions(%s, %s, %s)", (table, first, last_needed)
+            )
+            day = first
+            while day <= last_needed:
+                known.add(day)
+                day += timedelta(days=1)
+
+
+def merge_first_wins(rows: Sequence[Row]) -> list[Row]:
+    """One row per (device_id, time); for each metric the first value given wins."""
+    merged: dict[tuple[Any, Any], list[Any]] = {}
+    for row in rows:
+        key = (row[1], row[0])
+        have = merged.get(key)
+        if have is None:
+            merged[key] = list(row)
+            continue
+        for i in range(3, len(row)):
+            if have[i] is None and row[i] is not None:
+                have[i] = row[i]
+    return [tuple(r) for r in merged.values()]
+
+
+def unavailable(name: str, exc: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(f"{name}: database unavailable: {_first_line(exc)}")
+
+
+async def _copy(
+    conn: psycopg.AsyncConnection[Any],
+    table: str,
+    columns: Sequence[str],
+    types: Sequence[str],
+    rows: Sequence[Row],
+) -> None:
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
+    async with conn.cursor().copy(stmt) as copy:
+        copy.set_types(list(types))
+        for row in rows:
+            await copy.write_row(row)
+
+
+async def _copy_rejects(conn: psycopg.AsyncConnection[Any], rejects: Sequence[RejectRow]) -> None:
+    rows = [
+        (
+            r.received_at,
+            _text(r.topic),
+            None if r.device_id is None else _text(r.device_id),
+            r.reason,
+            _text(r.detail),
+            r.payload,
+        )
+        for r in rejects
+    ]
+    await _copy(conn, "rejected_messages", REJECT_COLUMNS, _REJECT_TYPES, rows)
+
+
+def _merge_sql(table: ReadingsTable, stage: str) -> sql.Composed:
+    metrics = [sql.Identifier(c) for c in table.metric_columns]
+    sets = sql.SQL(", ").join(
+        sql.SQL("{0} = COALESCE(r.{0}, EXCLUDED.{0})").format(m) for m in metrics
+    )
+    fills = sql.SQL(" OR ").join(
+        sql.SQL("(r.{0} IS NULL AND EXCLUDED.{0} IS NOT NULL)").format(m) for m in metrics
+    )
+    cols = sql.SQL(", ").join(map(sql.Identifier, table.columns))
+    return sql.SQL(
+        "INSERT INTO {table} AS r ({cols}) SELECT {cols} FROM {stage}"
+        " ON CONFLICT (device_id, time) DO UPDATE SET {sets} WHERE {fills}"
+    ).format(
+        table=sql.Identifier(table.name),
+        cols=cols,
+        stage=sql.Identifier(stage),
+        sets=sets,
+        fills=fills,
+    )
+
+
+def _text(value: str) -> str:
+    """PostgreSQL text cannot hold NUL; keep the rest of what the device sent."""
+    return value.replace("\x00", "\\u0000")
+
+
+def _retryable(exc: psycopg.Error) -> bool:
+    state = exc.sqlstate or ""
+    return isinstance(exc, psycopg.OperationalError) or state[:2] in _RETRYABLE_CLASSES
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
