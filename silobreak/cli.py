@@ -279,6 +279,55 @@ def rejects_list(
     _emit(header, out, fmt)
 
 
+# -- bench -------------------------------------------------------------------------------
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks, each measured against a baseline in the same run."""
+
+
+@bench.command("ingest")
+@click.option(
+    "--messages", type=click.IntRange(1000, 10_000_000), default=200_000, show_default=True
+)
+@click.option("--devices", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@click.option("--runs", type=click.IntRange(1, 20), default=3, show_default=True)
+@click.option(
+    "--rate",
+    type=click.FloatRange(1, 1_000_000),
+    default=5000,
+    show_default=True,
+    help="Fixed publish rate of the latency run (messages/s).",
+)
+@click.option("--latency-seconds", type=click.FloatRange(0, 600), default=10, show_default=True)
+@click.option("--ingestors", type=click.IntRange(1, 8), default=1, show_default=True)
+@click.option("--no-baseline", is_flag=True, help="Measure silobreak only.")
+def bench_ingest(
+    messages: int,
+    devices: int,
+    runs: int,
+    rate: float,
+    latency_seconds: float,
+    ingestors: int,
+    no_baseline: bool,
+) -> None:
+    """End-to-end ingest throughput and latency, against a hand-rolled baseline."""
+    from silobreak.bench.ingest_bench import run_ingest_bench  # noqa: PLC0415
+
+    report = run_ingest_bench(
+        messages=messages,
+        devices=devices,
+        runs=runs,
+        rate=rate,
+        latency_seconds=latency_seconds,
+        ingestors=ingestors,
+        baseline=not no_baseline,
+        log=lambda line: click.echo(line, err=True),
+    )
+    click.echo(report.markdown(ingestors=ingestors))
+
+
 # -- docs --------------------------------------------------------------------------------
 
 

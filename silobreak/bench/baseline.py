@@ -52,7 +52,7 @@ def main(mqtt_url: str, db_url: str, client_id: str) -> None:
     client.on_connect = on_connect
     client.on_message = on_message
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = 3600
+    props.SessionExpiryInterval = 0  # like the bench's ingestors: no session left behind
     props.ReceiveMaximum = 20_000
     client.connect(
         url.hostname or "127.0.0.1", url.port or 1883, clean_start=False, properties=props

@@ -1,0 +1,328 @@
+"""`silobreak bench ingest`: end-to-end ingest throughput and latency against a baseline."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import psycopg
+
+from devices.registry import new_record
+from silobreak.bench.baseline import TABLE_DDL
+from silobreak.local import LocalMosquitto, LocalPostgres
+from store.migrate import migrate
+from store.registry import upsert_devices
+
+PREFIX: Final = "bench-air-"
+# Generous: the slowest system here stores 200,000 messages in well under a minute.
+_DRAIN_TIMEOUT_S: Final = 300.0
+_POLL_S: Final = 0.05
+_CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    system: str
+    messages: int
+    seconds: float  # first publish to last commit
+    publish_seconds: float  # first publish to last PUBACK from the broker
+    cpu_us_per_message: float  # consumer process(es) CPU, user + system
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    system: str
+    rate: float
+    messages: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+@dataclass(slots=True)
+class Report:
+    runs: list[Run] = field(default_factory=list)
+    latencies: list[Latency] = field(default_factory=list)
+
+    def median_rate(self, system: str) -> float:
+        return statistics.median(r.rate for r in self.runs if r.system == system)
+
+    def markdown(self, *, ingestors: int) -> str:
+        systems = list(dict.fromkeys(r.system for r in self.runs))
+        lines = [
+            f"Machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"broker, ingest and PostgreSQL on the same machine; {ingestors} silobreak ingestor(s).",
+            "",
+            "| system | runs | messages/run | median msg/s | median readings/s | runs (msg/s) "
+            "| consumer CPU µs/msg |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for system in systems:
+            runs = [r for r in self.runs if r.system == system]
+            rate = self.median_rate(system)
+            lines.append(
+                f"| {system} | {len(runs)} | {runs[0].messages:,} | {rate:,.0f} | {4 * rate:,.0f} | "
+                + ", ".join(f"{r.rate:,.0f}" for r in runs)
+                + f" | {statistics.median(r.cpu_us_per_message for r in runs):.1f} |"
+            )
+        if "silobreak" in systems and "baseline" in systems:
+            ratios = [
+                a.rate / b.rate
+                for a, b in zip(
+                    [r for r in self.runs if r.system == "silobreak"],
+                    [r for r in self.runs if r.system == "baseline"],
+                    strict=False,
+                )
+            ]
+            lines += [
+                "",
+                f"silobreak / baseline, per paired run: {', '.join(f'{x:.2f}x' for x in ratios)}; "
+                f"median {statistics.median(ratios):.2f}x.",
+            ]
+        if self.latencies:
+            lines += [
+                "",
+                "| system | fixed rate (msg/s) | messages | p50 publish→commit | p99 | max |",
+                "|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {x.system} | {x.rate:,.0f} | {x.messages:,} | {x.p50_ms:.0f} ms | "
+                f"{x.p99_ms:.0f} ms | {x.max_ms:.0f} ms |"
+                for x in self.latencies
+            ]
+        return "\n".join(lines)
+
+
+def run_ingest_bench(
+    *,
+    messages: int = 200_000,
+    devices: int = 1000,
+    runs: int = 3,
+    rate: float = 5000.0,
+    latency_seconds: float = 10.0,
+    ingestors: int = 1,
+    baseline: bool = True,
+    log: Callable[[str], None] = print,
+) -> Report:
+    """Measure silobreak and the baseline alternately, on a broker and database of their own."""
+    report = Report()
+    with _servers() as (pg, broker, db_url):
+        _register(db_url, devices)
+        systems = ["silobreak", "baseline"] if baseline else ["silobreak"]
+        for i in range(runs):
+            for system in systems:
+                run = _throughput(system, pg, broker, db_url, messages, devices, ingestors, i)
+                log(f"run {i + 1}/{runs} {system}: {run.rate:,.0f} msg/s")
+                report.runs.append(run)
+        if latency_seconds > 0:
+            count = int(rate * latency_seconds)
+            for system in systems:
+                lat = _latency(system, broker, db_url, count, devices, rate, ingestors)
+                log(f"latency {system}: p50 {lat.p50_ms:.0f} ms, p99 {lat.p99_ms:.0f} ms")
+                report.latencies.append(lat)
+    return report
+
+
+@contextmanager
+def _servers() -> Iterator[tuple[LocalPostgres, LocalMosquitto, str]]:
+    root = Path(tempfile.mkdtemp(prefix="silobreak-bench-"))
+    root.chmod(0o755)
+    try:
+        with LocalPostgres(root / "pg") as pg, LocalMosquitto(root / "mqtt") as broker:
+            with psycopg.connect(pg.url, autocommit=True) as conn:
+                # Commit timestamps give each row's commit time, for publish-to-commit latency.
+                conn.execute("ALTER SYSTEM SET track_commit_timestamp = on")
+            pg.restart()
+            with psycopg.connect(pg.url, autocommit=True) as conn:
+                conn.execute("CREATE DATABASE bench")
+            db_url = pg.url_for("bench")
+            migrate(db_url)
+            yield pg, broker, db_url
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _register(db_url: str, devices: int) -> None:
+    records = [new_record(f"{PREFIX}{d:05d}", "air_sensor") for d in range(devices)]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        upsert_devices(conn, records)
+
+
+def _throughput(
+    system: str,
+    pg: LocalPostgres,
+    broker: LocalMosquitto,
+    db_url: str,
+    messages: int,
+    devices: int,
+    ingestors: int,
+    index: int,
+) -> Run:
+    _truncate(db_url)
+    with _consumers(system, broker.url, db_url, ingestors, f"{index}") as procs:
+        result = _publish(broker.url, ["--devices", str(devices), "--messages", str(messages)])
+        _wait_stored(db_url, system, messages)
+        cpu = sum(_cpu_seconds(p.pid) for p in procs)
+    last_commit = _last_commit(db_url, system)
+    return Run(
+        system=system,
+        messages=messages,
+        seconds=last_commit - result["started"],
+        publish_seconds=result["finished"] - result["started"],
+        cpu_us_per_message=cpu / messages * 1e6,
+    )
+
+
+def _latency(
+    system: str,
+    broker: LocalMosquitto,
+    db_url: str,
+    count: int,
+    devices: int,
+    rate: float,
+    ingestors: int,
+) -> Latency:
+    _truncate(db_url)
+    with _consumers(system, broker.url, db_url, ingestors, "lat"):
+        args = ["--devices", str(devices), "--messages", str(count), "--rate", str(rate)]
+        _publish(broker.url, args)
+        _wait_stored(db_url, system, count)
+    table = "readings_air_sensor" if system == "silobreak" else "baseline_readings"
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY d), max(d) FROM"
+            f" (SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - time) * 1000 AS d"
+            f" FROM {table}) AS x"
+        ).fetchone()
+    assert row is not None
+    return Latency(system, rate, count, row[0][0], row[0][1], float(row[1]))
+
+
+@contextmanager
+def _consumers(
+    system: str, mqtt_url: str, db_url: str, ingestors: int, tag: str
+) -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        count = ingestors if system == "silobreak" else 1
+        for n in range(count):
+            client = f"bench-{system}-{tag}-{n}"
+            if system == "silobreak":
+                cmd = [sys.executable, "-m", "silobreak.cli", "ingest"]
+            else:
+                cmd = [sys.executable, "-m", "silobreak.bench.baseline", mqtt_url, db_url, client]
+            env = {
+                **os.environ,
+                "SILOBREAK_MQTT_URL": mqtt_url,
+                "SILOBREAK_DATABASE_URL": db_url,
+                "SILOBREAK_INGEST_CLIENT_ID": client,
+                # No session left behind to collect copies of the next run's messages.
+                "SILOBREAK_INGEST_SESSION_EXPIRY": "0s",
+                "SILOBREAK_METRICS_PORT": "0",
+            }
+            proc = subprocess.Popen(
+                cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
+            procs.append(proc)
+            _wait_line(proc, "subscribed")
+        yield procs
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stderr is not None:
+                proc.stderr.close()
+
+
+def _wait_line(proc: subprocess.Popen[str], text: str) -> None:
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if text in line:
+            # Keep draining its log so the pipe never fills and blocks the process.
+            _drain(proc)
+            return
+    raise RuntimeError(f"consumer exited before it was {text}: code {proc.wait()}")
+
+
+def _drain(proc: subprocess.Popen[str]) -> None:
+    import threading  # noqa: PLC0415
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for _ in proc.stderr:
+            pass
+
+    threading.Thread(target=pump, daemon=True).start()
+
+
+def _publish(url: str, args: list[str]) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "silobreak.bench.publish", url, "--prefix", PREFIX, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _count_sql(system: str) -> str:
+    if system == "silobreak":
+        return "SELECT count(*) FROM readings_air_sensor"
+    return "SELECT count(*) / 4 FROM baseline_readings"
+
+
+def _wait_stored(db_url: str, system: str, expected: int) -> None:
+    deadline = time.monotonic() + _DRAIN_TIMEOUT_S
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        while True:
+            row = conn.execute(_count_sql(system)).fetchone()
+            if row is not None and row[0] >= expected:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{system}: only {row[0] if row else 0} of {expected} stored")
+            time.sleep(_POLL_S)
+
+
+def _last_commit(db_url: str, system: str) -> float:
+    table = "readings_air_sensor" if system == "silobreak" else "baseline_readings"
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            f"SELECT extract(epoch FROM max(pg_xact_commit_timestamp(xmin))) FROM {table}"
+        ).fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+def _truncate(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE readings_air_sensor")
+        conn.execute(TABLE_DDL)
+        conn.execute("TRUNCATE baseline_readings")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
