@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import psycopg
+from psycopg import sql
 
 from devices.registry import new_record
 from silobreak.bench.baseline import TABLE_DDL
@@ -66,21 +67,24 @@ class Report:
 
     def markdown(self, *, ingestors: int) -> str:
         systems = list(dict.fromkeys(r.system for r in self.runs))
-        lines = [
-            f"Machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"broker, ingest and PostgreSQL on the same machine; {ingestors} silobreak ingestor(s).",
-            "",
+        machine = (
+            f"Machine: {platform.node()}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}; broker, ingest and PostgreSQL on the same "
+            f"machine; {ingestors} silobreak ingestor(s)."
+        )
+        header = (
             "| system | runs | messages/run | median msg/s | median readings/s | runs (msg/s) "
-            "| consumer CPU µs/msg |",
-            "|---|---|---|---|---|---|---|",
-        ]
+            "| consumer CPU µs/msg |"
+        )
+        lines = [machine, "", header, "|---|---|---|---|---|---|---|"]
         for system in systems:
             runs = [r for r in self.runs if r.system == system]
             rate = self.median_rate(system)
+            each = ", ".join(f"{r.rate:,.0f}" for r in runs)
+            cpu = statistics.median(r.cpu_us_per_message for r in runs)
             lines.append(
-                f"| {system} | {len(runs)} | {runs[0].messages:,} | {rate:,.0f} | {4 * rate:,.0f} | "
-                + ", ".join(f"{r.rate:,.0f}" for r in runs)
-                + f" | {statistics.median(r.cpu_us_per_message for r in runs):.1f} |"
+                f"| {system} | {len(runs)} | {runs[0].messages:,} | {rate:,.0f} "
+                f"| {4 * rate:,.0f} | {each} | {cpu:.1f} |"
             )
         if "silobreak" in systems and "baseline" in systems:
             ratios = [
@@ -91,11 +95,9 @@ class Report:
                     strict=False,
                 )
             ]
-            lines += [
-                "",
-                f"silobreak / baseline, per paired run: {', '.join(f'{x:.2f}x' for x in ratios)}; "
-                f"median {statistics.median(ratios):.2f}x.",
-            ]
+            paired = ", ".join(f"{x:.2f}x" for x in ratios)
+            median = statistics.median(ratios)
+            lines += ["", f"silobreak / baseline, per paired run: {paired}; median {median:.2f}x."]
         if self.latencies:
             lines += [
                 "",
@@ -123,12 +125,12 @@ def run_ingest_bench(
 ) -> Report:
     """Measure silobreak and the baseline alternately, on a broker and database of their own."""
     report = Report()
-    with _servers() as (pg, broker, db_url):
+    with _servers() as (broker, db_url):
         _register(db_url, devices)
         systems = ["silobreak", "baseline"] if baseline else ["silobreak"]
         for i in range(runs):
             for system in systems:
-                run = _throughput(system, pg, broker, db_url, messages, devices, ingestors, i)
+                run = _throughput(system, broker, db_url, messages, devices, ingestors, i)
                 log(f"run {i + 1}/{runs} {system}: {run.rate:,.0f} msg/s")
                 report.runs.append(run)
         if latency_seconds > 0:
@@ -141,7 +143,7 @@ def run_ingest_bench(
 
 
 @contextmanager
-def _servers() -> Iterator[tuple[LocalPostgres, LocalMosquitto, str]]:
+def _servers() -> Iterator[tuple[LocalMosquitto, str]]:
     root = Path(tempfile.mkdtemp(prefix="silobreak-bench-"))
     root.chmod(0o755)
     try:
@@ -154,7 +156,7 @@ def _servers() -> Iterator[tuple[LocalPostgres, LocalMosquitto, str]]:
                 conn.execute("CREATE DATABASE bench")
             db_url = pg.url_for("bench")
             migrate(db_url)
-            yield pg, broker, db_url
+            yield broker, db_url
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -167,7 +169,6 @@ def _register(db_url: str, devices: int) -> None:
 
 def _throughput(
     system: str,
-    pg: LocalPostgres,
     broker: LocalMosquitto,
     db_url: str,
     messages: int,
@@ -204,12 +205,13 @@ def _latency(
         args = ["--devices", str(devices), "--messages", str(count), "--rate", str(rate)]
         _publish(broker.url, args)
         _wait_stored(db_url, system, count)
-    table = "readings_air_sensor" if system == "silobreak" else "baseline_readings"
     with psycopg.connect(db_url) as conn:
         row = conn.execute(
-            "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY d), max(d) FROM"
-            f" (SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - time) * 1000 AS d"
-            f" FROM {table}) AS x"
+            sql.SQL(
+                "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY d), max(d) FROM"
+                " (SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - time) * 1000 AS d"
+                " FROM {}) AS x"
+            ).format(_table(system))
         ).fetchone()
     assert row is not None
     return Latency(system, rate, count, row[0][0], row[0][1], float(row[1]))
@@ -307,13 +309,18 @@ def _wait_stored(db_url: str, system: str, expected: int) -> None:
 
 
 def _last_commit(db_url: str, system: str) -> float:
-    table = "readings_air_sensor" if system == "silobreak" else "baseline_readings"
     with psycopg.connect(db_url) as conn:
         row = conn.execute(
-            f"SELECT extract(epoch FROM max(pg_xact_commit_timestamp(xmin))) FROM {table}"
+            sql.SQL(
+                "SELECT extract(epoch FROM max(pg_xact_commit_timestamp(xmin))) FROM {}"
+            ).format(_table(system))
         ).fetchone()
     assert row is not None
     return float(row[0])
+
+
+def _table(system: str) -> sql.Identifier:
+    return sql.Identifier("readings_air_sensor" if system == "silobreak" else "baseline_readings")
 
 
 def _truncate(db_url: str) -> None:
