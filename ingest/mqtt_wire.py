@@ -27,23 +27,26 @@ MAX_PACKET_ID: Final = 65535
 MAX_REMAINING_LENGTH: Final = 268_435_455
 # A broker that has not accepted TCP or answered CONNECT/SUBSCRIBE by then is not coming.
 CONNECT_TIMEOUT_S: Final = 10.0
-# Reconnect backoff: a broker restart takes ~0.1-1 s; capped so an outage ends within 5 s of
-# the broker's return; each delay is drawn from its upper half so ingestors do not reconnect
-# in lockstep.
+# Reconnect backoff: the first retry comes soon after a network blip; the cap means a broker
+# that is back is found within 5 s; each delay is drawn from its upper half so that ingestors
+# do not reconnect in lockstep.
 BACKOFF_FIRST_S: Final = 0.2
 BACKOFF_MAX_S: Final = 5.0
 # How long the broker keeps a gone subscriber's session and queue: readings older than the
 # ingestor's default accepted window (7 days) would be rejected anyway.
 SESSION_EXPIRY_S: Final = 7 * 24 * 3600
 # Unacknowledged QoS 1 messages the broker may send us: with ack-after-commit, throughput is
-# this window over commit latency; 20,000 covers 25k msg/s with commits of up to ~0.8 s.
+# this window over commit latency; 20,000 covers 25k msg/s with commits of up to 0.8 s.
+# Mosquitto 2.0.11 holds to it only until the first PUBACK: each PUBACK then releases up to
+# this many queued messages (measured), so pause_reading() is what bounds our memory.
 RECEIVE_MAXIMUM: Final = 20_000
-# Publisher writes of up to this many pre-encoded packets (~200 KiB of small messages): large
-# enough to cost one syscall per thousands of messages, small enough to stay in cache.
+# Publisher writes of up to this many pre-encoded packets (~190 KiB of 150-byte messages): one
+# syscall per thousand messages, without encoding far ahead of what the socket takes.
 PUBLISH_CHUNK: Final = 1024
 # A short-form PUBACK (§3.4.2.1) is 0x40 0x02 id_hi id_lo: one big-endian 32-bit word per id.
 _PUBACK_WORD: Final = 0x4002_0000
 
+# The whole PINGREQ packet: type 12, remaining length 0 (§3.12).
 PINGREQ: Final = b"\xc0\x00"
 
 # Reason codes (§2.4) as readable names; 0x00 also means "granted QoS 0" and "normal".
@@ -71,10 +74,8 @@ _V3_CONNACK_NAMES: Final = {
     2: "client identifier not valid", 3: "server unavailable",
     4: "bad user name or password", 5: "not authorized",
 }  # fmt: skip
-
-
-# CONNACK codes a wrong user name or password earns (Mosquitto 2.0 answers both with 0x87),
-# v5 and 3.1.1.
+# CONNACK codes (v5 and 3.1.1) that a wrong user name or password earns; Mosquitto 2.0
+# answers both a bad password and a missing one with 0x87.
 _CREDENTIAL_CODES: Final = frozenset({0x86, 0x87, 0x8C, 4, 5})
 
 
@@ -208,11 +209,11 @@ def encode_connect(
 ) -> bytes:
     if not 1 <= receive_maximum <= MAX_PACKET_ID:  # 0 is a protocol error (§3.1.2.11.3)
         raise ValueError(f"receive_maximum must be 1..65535, not {receive_maximum}")
-    props = b""
+    # Receive Maximum is sent even at 65535, its default when absent (§3.1.2.11.3): Mosquitto
+    # 2.0.11 gives a client that omits it max_inflight_messages (default 20) instead.
+    props = b"\x21" + struct.pack(">H", receive_maximum)
     if session_expiry:
         props += b"\x11" + struct.pack(">I", session_expiry)
-    if receive_maximum != MAX_PACKET_ID:  # 65535 is the default when absent
-        props += b"\x21" + struct.pack(">H", receive_maximum)
     flags = clean_start << 1
     tail = [_string(client_id)]
     if will is not None:
@@ -964,6 +965,7 @@ class MqttPublisher(_Client):
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Send one message; with QoS 1, first wait for room in the window."""
+        _check_qos(qos)
         packet_id = 0
         if qos:
             await self._inflight_at_most(self.window - 1)
@@ -977,6 +979,7 @@ class MqttPublisher(_Client):
         self, packets: Iterable[tuple[str, bytes]], *, qos: int = 1, retain: bool = False
     ) -> None:
         """Send (topic, payload) pairs, pre-encoded, many per write; flush() awaits the acks."""
+        _check_qos(qos)
         source = iter(packets)
         # Refill only once half the window is free, so that each write stays large.
         batch = min(PUBLISH_CHUNK, max(1, self.window // 2))
@@ -1041,7 +1044,13 @@ class MqttPublisher(_Client):
                 _resolve(waiter, None)
 
     def _after_lost(self, error: MqttError) -> None:
-        self._lost = error
+        self._lost = error  # raised by every later call: this publisher does not reconnect
         for _, waiter in self._waiters:
             _fail(waiter, error)
         self._waiters = []
+
+
+def _check_qos(qos: int) -> None:
+    # Checked before a packet id is taken: a failed encode must not hold a window slot.
+    if qos not in (0, 1):
+        raise ValueError(f"this client publishes with QoS 0 or 1, not {qos}")

@@ -19,6 +19,7 @@ from ingest.decode import Accepted, Row, Window, decode
 from ingest.errors import IngestError
 from ingest.metrics import IngestMetrics
 from ingest.mqtt_wire import MqttSubscriber
+from ingest.status import STATUS_FILTER, STATUS_SUFFIX, PresenceWriter, Status, take_status
 from store.errors import StoreError, StoreUnavailable
 from store.registry import load_snapshot, registry_version
 from store.writer import ReadingsWriter, RejectRow
@@ -58,6 +59,7 @@ class _Batch:
     rejects: list[RejectRow] = field(default_factory=list)
     packet_ids: list[int] = field(default_factory=list)
     accepted: int = 0
+    statuses: dict[str, Status] = field(default_factory=dict)
 
 
 class Ingestor:
@@ -68,10 +70,14 @@ class Ingestor:
         self.metrics = metrics or IngestMetrics()
         self._registry = RegistrySnapshot(())
         self._writer = ReadingsWriter(config.database_url, name=f"ingest {config.client_id}")
+        self._presence = PresenceWriter(config.database_url, name=f"presence {config.client_id}")
         self._subscriber = MqttSubscriber(
             config.mqtt_url,
             client_id=config.client_id,
-            topic_filters=[shared_filter(config.share_group)],
+            topic_filters=[
+                shared_filter(config.share_group),
+                shared_filter(config.share_group, STATUS_FILTER),
+            ],
             on_publish=self._on_publish,
             session_expiry=int(config.session_expiry.total_seconds()),
             receive_maximum=config.receive_maximum,
@@ -103,7 +109,7 @@ class Ingestor:
                 asyncio.create_task(self._refresh_loop(conn, stop), name="registry-refresh"),
             ]
             try:
-                await stop.wait()
+                await self._until_stopped(stop)
                 self._seal()
                 self._wakeup.set()
                 await tasks[0]
@@ -113,6 +119,20 @@ class Ingestor:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 await self._subscriber.stop()
                 await self._writer.close()
+                await self._presence.close()
+
+    async def _until_stopped(self, stop: asyncio.Event) -> None:
+        """Wait for `stop`; a receive path that failed ends the ingestor with its error."""
+        asked = asyncio.create_task(stop.wait())
+        failed = asyncio.create_task(self._subscriber.wait_stopped())
+        done, _ = await asyncio.wait({asked, failed}, return_when=asyncio.FIRST_COMPLETED)
+        asked.cancel()
+        failed.cancel()
+        if failed in done:
+            # Messages in hand stay unacknowledged: the broker redelivers them to the same
+            # client id when the ingestor is restarted.
+            exc = failed.exception()
+            raise IngestError(f"receive path stopped: {exc}") from exc
 
     # -- receive path: runs for every publish, keep it lean -------------------------------
 
@@ -130,6 +150,9 @@ class Ingestor:
             self._flush_timer = asyncio.get_running_loop().call_later(
                 self.config.batch_interval.total_seconds(), self._seal
             )
+        if topic.endswith(STATUS_SUFFIX):
+            self._on_status(batch, packet_id, topic, payload)
+            return
         result = decode(
             topic, payload, self._registry, self._window, max_payload=self.config.max_payload
         )
@@ -146,6 +169,14 @@ class Ingestor:
                     self._window.now, topic, result.device_id, result.reason, result.detail, payload
                 )
             )
+        batch.packet_ids.append(packet_id)
+        if len(batch.packet_ids) >= self.config.batch_size:
+            self._seal()
+
+    def _on_status(self, batch: _Batch, packet_id: int, topic: str, payload: bytes) -> None:
+        reject = take_status(batch.statuses, topic, payload, self._registry, self._window.now)
+        if reject is not None:
+            batch.rejects.append(reject)
         batch.packet_ids.append(packet_id)
         if len(batch.packet_ids) >= self.config.batch_size:
             self._seal()
@@ -181,6 +212,7 @@ class Ingestor:
             batch = self._sealed[0]
             self.metrics.pending.set(sum(len(b.packet_ids) for b in self._sealed))
             await self._commit(batch)
+            await self._presence.write(batch.statuses, batch.rows, self._window.now)
             self._sealed.popleft()
             self._subscriber.ack(batch.packet_ids, batch.generation)
             if self._paused and len(self._sealed) < _MAX_SEALED:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import struct
 import subprocess
 import time
@@ -181,14 +182,14 @@ def test_connect_is_encoded_as_the_spec_lays_it_out() -> None:
         b"\x00\x04MQTT\x05"
         + bytes([0x80 | 0x40 | 0x20 | 0x08 | 0x04])  # user, password, will retain/QoS 1/flag
         + b"\x00\x1e"  # keepalive 30
-        + b"\x08\x11\x00\x00\x0e\x10\x21\x13\x88"  # session expiry 3600, receive maximum 5000
+        + b"\x08\x21\x13\x88\x11\x00\x00\x0e\x10"  # receive maximum 5000, session expiry 3600
         + b"\x00\x02d1"
         + b"\x00\x00\x11devices/d1/status\x00\x03off"  # no will properties, topic, payload
         + b"\x00\x01u\x00\x01p"
     )
     assert packet == bytes([0x10, len(body)]) + body
-    # clean start, keepalive 60 s, no properties, client id
-    assert encode_connect("c")[9:] == b"\x02\x00\x3c\x00\x00\x01c"
+    # clean start, keepalive 60 s, receive maximum 65535 (Mosquitto needs it said), client id
+    assert encode_connect("c")[9:] == b"\x02\x00\x3c\x03\x21\xff\xff\x00\x01c"
 
 
 def test_subscribe_pubacks_and_disconnect_are_encoded_as_the_spec_lays_them_out() -> None:
@@ -235,8 +236,6 @@ def test_bad_url_is_one_readable_line_without_the_password(url: str, says: str) 
 
 
 def test_ssl_context_with_a_plain_url_is_refused() -> None:
-    import ssl  # noqa: PLC0415 - only this test needs it
-
     with pytest.raises(BadMqttUrl, match="mqtts://"):
         MqttPublisher("mqtt://h", client_id="c", ssl=ssl.create_default_context())
 
@@ -562,7 +561,7 @@ def test_pause_reading_holds_publishes_until_resume(broker: LocalMosquitto, topi
         try:
             await publish(broker.url, [(topic, b"%d" % n) for n in range(50)])
             await wait_until(lambda: len(got) == 3, "3 messages")
-            await asyncio.sleep(0.2)  # time for the other 47 to arrive, were reading on
+            await asyncio.sleep(0.2)  # time enough for the other 47, had reading gone on
             assert len(got) == 3
             sub.resume_reading()
             await wait_until(lambda: len(got) == 50, "all 50")
@@ -651,6 +650,34 @@ def test_publisher_flush_waits_for_every_ack(broker: LocalMosquitto, topic: str)
 
 
 @pytest.mark.integration
+def test_a_qos0_message_comes_with_packet_id_0_and_needs_no_ack(
+    broker: LocalMosquitto, topic: str
+) -> None:
+    async def go() -> None:
+        sub = subscriber(broker.url, client_id("sub"), topic)
+        await sub.start()
+        pub = MqttPublisher(broker.url, client_id=client_id("pub"))
+        await pub.start()
+        try:
+            await pub.publish(topic, b"q0", qos=0)
+            await pub.publish(topic, b"q1", qos=1)
+            await pub.flush()
+            await wait_until(lambda: len(received_by(sub).messages) == 2, "both")
+            (id0, _, p0), (id1, _, p1) = received_by(sub).messages
+            assert (id0, p0, p1) == (0, b"q0", b"q1")
+            assert id1 > 0
+            assert sub.ack([id0, id1], sub.generation)
+            with pytest.raises(ValueError, match="QoS 0 or 1"):
+                await pub.publish(topic, b"", qos=2)
+            await pub.flush()  # the refused QoS 2 publish holds no window slot
+        finally:
+            await pub.stop()
+            await sub.stop()
+
+    run(go())
+
+
+@pytest.mark.integration
 def test_publisher_will_is_published_when_asked_on_stop(broker: LocalMosquitto, topic: str) -> None:
     async def go() -> None:
         sub = subscriber(broker.url, client_id("sub"), topic)
@@ -727,5 +754,50 @@ def test_an_unreachable_broker_is_one_readable_line(tmp_path: Path) -> None:
         assert message.startswith(f"cannot connect to MQTT broker 127.0.0.1:{port}: ")
         assert "\n" not in message
         assert isinstance(caught.value, MqttError)
+
+    run(go())
+
+
+@pytest.fixture(scope="module")
+def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalMosquitto, Path]]:
+    base = tmp_path_factory.mktemp("mosquitto-tls")
+    cert, key = base / "cert.pem", base / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    config = f"certfile {cert}\nkeyfile {key}\n"
+    with LocalMosquitto(base, persistence=False, extra_config=config) as mosquitto:
+        yield mosquitto, cert
+
+
+@pytest.mark.integration
+def test_mqtts_talks_tls_with_the_given_context(
+    tls_broker: tuple[LocalMosquitto, Path], topic: str
+) -> None:
+    broker, cert = tls_broker
+    url = f"mqtts://127.0.0.1:{broker.port}"
+
+    async def go() -> None:
+        sub = subscriber(url, client_id("sub"), topic, ssl=ssl.create_default_context(cafile=cert))
+        await sub.start()
+        try:
+            pub = MqttPublisher(
+                url, client_id=client_id("pub"), ssl=ssl.create_default_context(cafile=cert)
+            )
+            await pub.start()
+            await pub.publish(topic, b"sealed")
+            await pub.flush()
+            await pub.stop()
+            await wait_until(lambda: received_by(sub).payloads == [b"sealed"], "the message")
+        finally:
+            await sub.stop()
+        # The system's CAs do not know this self-signed certificate.
+        with pytest.raises(BrokerUnreachable, match="CERTIFICATE_VERIFY_FAILED") as caught:
+            await subscriber(url, client_id("sub"), topic).start()
+        assert "\n" not in str(caught.value)
 
     run(go())
