@@ -372,5 +372,4 @@ def _emit(header: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> Non
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
-if __name__ == "__main__":
-    main()
+from silobreak import cli_run  # noqa: E402, F401 - registers simulate, up and demo

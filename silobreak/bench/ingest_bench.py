@@ -227,7 +227,7 @@ def _consumers(
         for n in range(count):
             client = f"bench-{system}-{tag}-{n}"
             if system == "silobreak":
-                cmd = [sys.executable, "-m", "silobreak.cli", "ingest"]
+                cmd = [sys.executable, "-m", "silobreak", "ingest"]
             else:
                 cmd = [sys.executable, "-m", "silobreak.bench.baseline", mqtt_url, db_url, client]
             env = {

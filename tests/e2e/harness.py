@@ -36,7 +36,7 @@ class IngestProcess:
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "silobreak.cli", "ingest"],
+            [sys.executable, "-m", "silobreak", "ingest"],
             env={**os.environ, **env},
             cwd=cwd,
             stdout=subprocess.DEVNULL,

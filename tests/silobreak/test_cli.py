@@ -16,7 +16,7 @@ from silobreak.local import free_port
 def cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SILOBREAK_")}
     return subprocess.run(
-        [sys.executable, "-m", "silobreak.cli", *args],
+        [sys.executable, "-m", "silobreak", *args],
         env={**clean, "SILOBREAK_METRICS_PORT": "0", **env},
         cwd=tmp_path,
         capture_output=True,

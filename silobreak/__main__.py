@@ -1,0 +1,5 @@
+"""`python -m silobreak` runs the command line."""
+
+from silobreak.cli import main
+
+main()

@@ -1,0 +1,64 @@
+"""`silobreak demo`: its own broker and database, data flowing, and a clean Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def test_demo_shows_data_within_a_minute_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SILOBREAK_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "silobreak", "demo", "--devices", "40"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    stored = 0
+    deadline = time.monotonic() + 60
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        match = re.search(r"(\d+) stored", line)
+        if match and int(match[1]) > 0:
+            stored = int(match[1])
+            break
+        assert time.monotonic() < deadline, "".join(lines)
+    assert stored > 0, "".join(lines)
+    servers = _descendants(proc.pid)
+    assert servers, "the demo runs its broker and database as child processes"
+
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "stopped" in out
+    left = [pid for pid in servers if Path(f"/proc/{pid}").exists()]
+    assert left == []
