@@ -27,7 +27,12 @@ class ReadingsTable:
 
     @property
     def columns(self) -> tuple[str, ...]:
+        """What the writer sends; `batch` is filled by the database (the writing transaction)."""
         return ("time", "device_id", "service", *self.metric_columns)
+
+    @property
+    def table_columns(self) -> tuple[str, ...]:
+        return ("time", "device_id", "service", "batch", *self.metric_columns)
 
     @property
     def copy_types(self) -> tuple[str, ...]:

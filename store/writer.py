@@ -136,7 +136,7 @@ class ReadingsWriter:
         stage = f"stage_{table.name}"
         if stage not in self._staged:
             await conn.execute(
-                sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {})").format(
+                sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS)").format(
                     sql.Identifier(stage), sql.Identifier(table.name)
                 )
             )
@@ -218,8 +218,11 @@ async def _copy_rejects(conn: psycopg.AsyncConnection[Any], rejects: Sequence[Re
 
 def _merge_sql(table: ReadingsTable, stage: str) -> sql.Composed:
     metrics = [sql.Identifier(c) for c in table.metric_columns]
+    # A row that gains metrics moves to this batch, so live subscribers see it again (its
+    # earlier metrics with it: at least once, for this rare case of one time sent in parts).
     sets = sql.SQL(", ").join(
-        sql.SQL("{0} = COALESCE(r.{0}, EXCLUDED.{0})").format(m) for m in metrics
+        [sql.SQL("{0} = COALESCE(r.{0}, EXCLUDED.{0})").format(m) for m in metrics]
+        + [sql.SQL("batch = EXCLUDED.batch")]
     )
     fills = sql.SQL(" OR ").join(
         sql.SQL("(r.{0} IS NULL AND EXCLUDED.{0} IS NOT NULL)").format(m) for m in metrics

@@ -7,25 +7,33 @@ CREATE TABLE readings_streetlight (
     time      timestamptz NOT NULL,
     device_id text NOT NULL,
     service   text NOT NULL,
+    -- The id of the transaction that stored the row (commit-order cursors for streams).
+    batch     bigint NOT NULL DEFAULT txid_current(),
     lamp_on smallint,
     dim_level double precision,
     power_w double precision,
     PRIMARY KEY (device_id, time)
 ) PARTITION BY RANGE (time);
+CREATE INDEX readings_streetlight_batch_idx ON readings_streetlight (batch);
 
 CREATE TABLE readings_traffic_light (
     time      timestamptz NOT NULL,
     device_id text NOT NULL,
     service   text NOT NULL,
+    -- The id of the transaction that stored the row (commit-order cursors for streams).
+    batch     bigint NOT NULL DEFAULT txid_current(),
     phase smallint,
     vehicle_count bigint,
     PRIMARY KEY (device_id, time)
 ) PARTITION BY RANGE (time);
+CREATE INDEX readings_traffic_light_batch_idx ON readings_traffic_light (batch);
 
 CREATE TABLE readings_air_sensor (
     time      timestamptz NOT NULL,
     device_id text NOT NULL,
     service   text NOT NULL,
+    -- The id of the transaction that stored the row (commit-order cursors for streams).
+    batch     bigint NOT NULL DEFAULT txid_current(),
     pm25 double precision,
     pm10 double precision,
     no2 double precision,
@@ -34,15 +42,19 @@ CREATE TABLE readings_air_sensor (
     humidity_pct double precision,
     PRIMARY KEY (device_id, time)
 ) PARTITION BY RANGE (time);
+CREATE INDEX readings_air_sensor_batch_idx ON readings_air_sensor (batch);
 
 CREATE TABLE readings_meter (
     time      timestamptz NOT NULL,
     device_id text NOT NULL,
     service   text NOT NULL,
+    -- The id of the transaction that stored the row (commit-order cursors for streams).
+    batch     bigint NOT NULL DEFAULT txid_current(),
     "index" double precision,
     flow double precision,
     PRIMARY KEY (device_id, time)
 ) PARTITION BY RANGE (time);
+CREATE INDEX readings_meter_batch_idx ON readings_meter (batch);
 
 -- Creates the daily partitions of one readings table that cover [first_day, last_day].
 CREATE FUNCTION silobreak_ensure_partitions(parent text, first_day date, last_day date)

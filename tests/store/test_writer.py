@@ -54,7 +54,7 @@ def test_migrate_is_idempotent_and_matches_the_catalog(db_url: str) -> None:
                     (table.name,),
                 )
             ]
-            assert tuple(cols) == table.columns
+            assert tuple(cols) == table.table_columns
 
 
 def test_writer_stores_rows_visible_through_the_readings_view(
@@ -153,3 +153,28 @@ def test_registry_upsert_updates_and_transfers(db_url: str, device_prefix: str) 
         ).fetchall()
     assert row.device_id == dev and row.medium == "water" and row.district is None
     assert [o[0] for o in owners] == ["energy", "water"]
+
+
+def test_rows_carry_the_id_of_the_transaction_that_stored_them(
+    db_url: str, device_prefix: str
+) -> None:
+    dev = device_prefix + "lamp"
+    for s in (30, 20):
+        write(
+            db_url,
+            {
+                "streetlight": [
+                    (NOW - timedelta(seconds=s + i), dev, "lighting", 1, 50.0, 40.0)
+                    for i in range(3)
+                ]
+            },
+        )
+    with psycopg.connect(db_url) as conn:
+        batches = conn.execute(
+            "SELECT batch, count(*) FROM readings_streetlight WHERE device_id = %s"
+            " GROUP BY batch ORDER BY batch",
+            (dev,),
+        ).fetchall()
+        current = conn.execute("SELECT txid_current()").fetchone()
+    assert [n for _, n in batches] == [3, 3]
+    assert batches[0][0] < batches[1][0] < current[0]  # type: ignore[index]
