@@ -1,0 +1,1 @@
+"""Helpers for tests that are not fixtures: local servers the test suite starts itself."""
