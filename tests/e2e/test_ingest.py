@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -183,9 +184,12 @@ def test_ingest_waits_out_a_database_outage_with_bounded_memory(
         )
         wait_until(lambda: message_count(pg.url, device_prefix) >= 1000, 30, "a first thousand")
         pg.stop()
+        down_since = time.monotonic()
         outage_log = proc.wait_for_log("unavailable", timeout=30)
         rss_start = proc.rss_kib()
         sender.join(60)  # everything is published while the database is down
+        # The fault itself lasts 10 s (the outage), not a wait for a result.
+        time.sleep(max(0.0, 10.0 - (time.monotonic() - down_since)))
         rss_end = proc.rss_kib()
         # Received but unacknowledged messages are capped by the receive maximum (2,000 of
         # ~150 bytes), so the process may not grow by more than a few MiB while it waits.
