@@ -41,24 +41,31 @@ def test_demo_shows_data_within_a_minute_and_stops_cleanly_on_ctrl_c(tmp_path: P
         stderr=subprocess.STDOUT,
         text=True,
     )
-    assert proc.stdout is not None
-    stored = 0
-    deadline = time.monotonic() + 60
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        match = re.search(r"(\d+) stored", line)
-        if match and int(match[1]) > 0:
-            stored = int(match[1])
-            break
-        assert time.monotonic() < deadline, "".join(lines)
-    assert stored > 0, "".join(lines)
-    servers = _descendants(proc.pid)
-    assert servers, "the demo runs its broker and database as child processes"
+    try:
+        assert proc.stdout is not None
+        stored = 0
+        deadline = time.monotonic() + 60
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            match = re.search(r"(\d+) stored", line)
+            if match and int(match[1]) > 0:
+                stored = int(match[1])
+                break
+            assert time.monotonic() < deadline, "".join(lines)
+        assert stored > 0, "".join(lines)
+        servers = _descendants(proc.pid)
+        assert servers, "the demo runs its broker and database as child processes"
 
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out
-    assert "stopped" in out
-    left = [pid for pid in servers if Path(f"/proc/{pid}").exists()]
-    assert left == []
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert "stopped" in out
+        left = [pid for pid in servers if Path(f"/proc/{pid}").exists()]
+        assert left == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
