@@ -34,6 +34,9 @@ _WINDOW_REFRESH_S: Final = 0.05
 # Shared retry backoff for an unavailable store: fast first retry, capped, jittered.
 _BACKOFF_FIRST_S: Final = 0.1
 _BACKOFF_MAX_S: Final = 5.0
+# On SIGTERM, how long to keep trying to commit what is in hand before leaving it to the
+# broker (it redelivers unacknowledged messages to the same client id).
+_SHUTDOWN_GRACE_S: Final = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +115,7 @@ class Ingestor:
                 await self._until_stopped(stop)
                 self._seal()
                 self._wakeup.set()
-                await tasks[0]
+                await self._drain(tasks[0])
             finally:
                 for task in tasks:
                     task.cancel()
@@ -120,6 +123,16 @@ class Ingestor:
                 await self._subscriber.stop()
                 await self._writer.close()
                 await self._presence.close()
+
+    async def _drain(self, writer: asyncio.Task[None]) -> None:
+        """Commit and acknowledge what is in hand, unless the store stays away too long."""
+        try:
+            await asyncio.wait_for(asyncio.shield(writer), _SHUTDOWN_GRACE_S)
+        except TimeoutError:
+            pending = sum(len(b.packet_ids) for b in self._sealed)
+            logger.warning(
+                "stopping with %d message(s) unacknowledged: the broker redelivers them", pending
+            )
 
     async def _until_stopped(self, stop: asyncio.Event) -> None:
         """Wait for `stop`; a receive path that failed ends the ingestor with its error."""

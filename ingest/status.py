@@ -119,13 +119,16 @@ def status_time(value: object, now: datetime) -> datetime:
 
 
 def latest_times(rows_by_type: Mapping[str, Sequence[tuple[Any, ...]]]) -> dict[str, datetime]:
-    """The latest reading time per device in a batch (rows are (time, device_id, ...))."""
+    """Each device's last reading in a batch, in arrival order (rows are (time, device_id, ...)).
+
+    Arrival order, not the maximum: one dict comprehension costs ~70 ns a row here, against
+    ~135 ns for a compare per row (~1.7% of ingest's 7.7 µs a message). They differ only when
+    a device's last message in the batch is a late one; the update keeps the greatest time,
+    so last_seen never moves back, and the device's next batch brings it forward.
+    """
     latest: dict[str, datetime] = {}
     for rows in rows_by_type.values():
-        for row in rows:
-            held = latest.get(row[1])
-            if held is None or held < row[0]:
-                latest[row[1]] = row[0]
+        latest.update({row[1]: row[0] for row in rows})
     return latest
 
 

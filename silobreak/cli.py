@@ -16,9 +16,7 @@ from typing import Any, TypeVar
 import click
 import psycopg
 
-from devices.catalog import DEVICE_TYPES, MEDIA
 from devices.errors import DevicesError
-from devices.registry import new_record, parse_csv
 from ingest.errors import IngestError
 from silobreak.settings import Settings, SettingsError, load_settings
 from store.errors import StoreError, StoreUnavailable
@@ -54,10 +52,11 @@ class _Group(click.Group):
 
 
 def _extra_user_errors() -> tuple[type[BaseException], ...]:
-    from ingest.mqtt_wire import MqttError  # noqa: PLC0415 - keeps `--help` fast
+    from firmware_sim.errors import SimError  # noqa: PLC0415 - keeps `--help` fast
+    from ingest.mqtt_wire import MqttError  # noqa: PLC0415
     from silobreak.local import LocalServiceError  # noqa: PLC0415
 
-    return (MqttError, LocalServiceError)
+    return (MqttError, LocalServiceError, SimError)
 
 
 @click.group(cls=_Group)
@@ -166,86 +165,6 @@ def ingest_config(settings: Settings) -> Any:
 @main.group()
 def devices() -> None:
     """Register, import and list devices."""
-
-
-@devices.command("add")
-@click.argument("device_id")
-@click.option("--type", "device_type", required=True, type=click.Choice(list(DEVICE_TYPES)))
-@click.option("--service", help="Owning service (default: the type's usual owner).")
-@click.option("--district")
-@click.option("--lat", type=click.FloatRange(-90, 90))
-@click.option("--lon", type=click.FloatRange(-180, 180))
-@click.option("--medium", type=click.Choice(list(MEDIA)), help="Meters only.")
-@click.pass_context
-def devices_add(
-    ctx: click.Context,
-    device_id: str,
-    device_type: str,
-    service: str | None,
-    district: str | None,
-    lat: float | None,
-    lon: float | None,
-    medium: str | None,
-) -> None:
-    """Register one device (or update it)."""
-    from store.registry import upsert_devices  # noqa: PLC0415
-
-    record = new_record(
-        device_id, device_type, service, district=district, lat=lat, lon=lon, medium=medium
-    )
-    with _db(_settings(ctx)) as conn:
-        new = upsert_devices(conn, [record])
-    click.echo(
-        f"{'registered' if new else 'updated'} {device_id} ({device_type}, {record.service})"
-    )
-
-
-@devices.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.pass_context
-def devices_import(ctx: click.Context, file: Path) -> None:
-    """Import devices from a CSV (device_id,device_type,service[,district,lat,lon,medium,...])."""
-    from store.registry import upsert_devices  # noqa: PLC0415
-
-    records = parse_csv(file.read_text(encoding="utf-8-sig"))
-    with _db(_settings(ctx)) as conn:
-        new = upsert_devices(conn, records)
-    click.echo(f"imported {len(records)} device(s): {new} new, {len(records) - new} updated")
-
-
-@devices.command("list")
-@click.option("--service")
-@click.option("--type", "device_type", type=click.Choice(list(DEVICE_TYPES)))
-@click.option("--district")
-@click.option("--limit", type=click.IntRange(1, 1_000_000), default=1000, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
-@click.pass_context
-def devices_list(
-    ctx: click.Context,
-    service: str | None,
-    device_type: str | None,
-    district: str | None,
-    limit: int,
-    fmt: str,
-) -> None:
-    """List registered devices."""
-    from store.registry import list_devices  # noqa: PLC0415
-
-    with _db(_settings(ctx)) as conn:
-        rows = list_devices(
-            conn, service=service, device_type=device_type, district=district, limit=limit
-        )
-    header = [
-        "device_id",
-        "device_type",
-        "service",
-        "district",
-        "medium",
-        "lifecycle",
-        "connection",
-        "last_seen",
-    ]
-    _emit(header, [[getattr(r, h) for h in header] for r in rows], fmt)
 
 
 # -- rejects -----------------------------------------------------------------------------
@@ -372,4 +291,5 @@ def _emit(header: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> Non
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
-from silobreak import cli_run  # noqa: E402, F401 - registers simulate, up and demo
+# Commands defined in their own modules register themselves on `main` when imported.
+from silobreak import cli_identity, cli_run  # noqa: E402, F401

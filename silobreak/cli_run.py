@@ -52,21 +52,43 @@ def _register(settings: Settings, fleet: Any) -> int:
 
 
 @main.command()
-@click.option("--scenario", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="City scenario (TOML); default: the shipped mid-sized French city.")
+@click.option(
+    "--scenario",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="City scenario (TOML); default: the shipped mid-sized French city.",
+)
 @click.option("--devices", type=click.IntRange(1, 1_000_000), help="Scale the city to N devices.")
-@click.option("--speed", type=click.FloatRange(min=0.001), default=1.0, show_default=True,
-              help="Simulated seconds per real second until the clock catches up with now.")
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0.001),
+    default=1.0,
+    show_default=True,
+    help="Simulated seconds per real second until the clock catches up with now.",
+)
 @click.option("--since", callback=_duration, help="Start this far in the past (e.g. 6h).")
 @click.option("--seed", type=int, help="Seed (default: the scenario's).")
-@click.option("--mode", type=click.Choice(["per-device", "load"]), default="per-device",
-              show_default=True, help="One MQTT connection per device, or a few shared ones.")
-@click.option("--connections", type=click.IntRange(1, 1000), default=4, show_default=True,
-              help="Connections in load mode.")
+@click.option(
+    "--mode",
+    type=click.Choice(["per-device", "load"]),
+    default="per-device",
+    show_default=True,
+    help="One MQTT connection per device, or a few shared ones.",
+)
+@click.option(
+    "--connections",
+    type=click.IntRange(1, 1000),
+    default=4,
+    show_default=True,
+    help="Connections in load mode.",
+)
 @click.option("--duration", callback=_duration, help="Stop after this long (e.g. 10m).")
 @click.option("--max-messages", type=click.IntRange(1), help="Stop after this many messages.")
-@click.option("--register/--no-register", default=True, show_default=True,
-              help="Register the fleet in the registry first (idempotent).")
+@click.option(
+    "--register/--no-register",
+    default=True,
+    show_default=True,
+    help="Register the fleet in the registry first (idempotent).",
+)
 @click.pass_context
 def simulate(
     ctx: click.Context,
@@ -127,10 +149,20 @@ def up(ctx: click.Context, migrate: bool) -> None:
 
 @main.command()
 @click.option("--devices", type=click.IntRange(1, 20_000), default=_DEMO_DEVICES, show_default=True)
-@click.option("--speed", type=click.FloatRange(min=0.001), default=60.0, show_default=True,
-              help="Simulated seconds per real second while catching up with now.")
-@click.option("--since", callback=_duration, default="1h", show_default=True,
-              help="Start the simulated city this far in the past.")
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0.001),
+    default=60.0,
+    show_default=True,
+    help="Simulated seconds per real second while catching up with now.",
+)
+@click.option(
+    "--since",
+    callback=_duration,
+    default="1h",
+    show_default=True,
+    help="Start the simulated city this far in the past.",
+)
 @click.option("--seed", type=int)
 @click.option("--duration", callback=_duration, help="Stop by itself after this long.")
 def demo(
@@ -142,7 +174,11 @@ def demo(
     from silobreak.local import LocalMosquitto, LocalPostgres, free_port  # noqa: PLC0415
     from store.migrate import migrate  # noqa: PLC0415
 
-    with _scratch() as root, LocalPostgres(root / "pg") as pg, LocalMosquitto(root / "mqtt") as mqtt:
+    with (
+        _scratch() as root,
+        LocalPostgres(root / "pg") as pg,
+        LocalMosquitto(root / "mqtt") as mqtt,
+    ):
         migrate(pg.url)
         settings = Settings(
             mqtt_url=mqtt.url,
@@ -154,8 +190,12 @@ def demo(
         _register(settings, fleet)
         click.echo(_banner(settings, len(fleet)))
         runner = FleetRunner(
-            fleet, url=mqtt.url, mode="per_device", speed=speed,
-            start=datetime.now(UTC) - since, duration=duration,
+            fleet,
+            url=mqtt.url,
+            mode="per_device",
+            speed=speed,
+            start=datetime.now(UTC) - since,
+            duration=duration,
         )
         sim = threading.Thread(target=runner.run, name="simulator", daemon=True)
         ingestor = Ingestor(ingest_config(settings))
@@ -164,7 +204,7 @@ def demo(
         async def platform(stop: asyncio.Event) -> None:
             task = asyncio.create_task(ingestor.run(stop))
             sim.start()
-            await _progress(ingestor, runner, pg.url, stop, sim)
+            await _progress(ingestor, pg.url, stop, sim)
             runner.stop()
             await asyncio.to_thread(sim.join, 30)
             stop.set()
@@ -185,6 +225,9 @@ def _scratch() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+_TRY_SQL: Final = "SELECT service, device_type, count(*) FROM readings GROUP BY 1, 2"
+
+
 def _banner(settings: Settings, devices: int) -> str:
     return "\n".join(
         [
@@ -192,24 +235,21 @@ def _banner(settings: Settings, devices: int) -> str:
             f"  broker     {settings.mqtt_url}",
             f"  database   {settings.database_url}",
             f"  metrics    http://{settings.metrics_host}:{settings.metrics_port}/metrics",
-            f"  try        psql {settings.database_url} -c "
-            "\"SELECT service, device_type, count(*) FROM readings GROUP BY 1, 2\"",
+            f"  try        psql {settings.database_url} -c '{_TRY_SQL}'",
             "  Grafana    add a PostgreSQL datasource with the database above",
             "Ctrl-C stops everything.",
         ]
     )
 
 
-async def _progress(
-    ingestor: Any, runner: Any, db_url: str, stop: asyncio.Event, sim: threading.Thread
-) -> None:
+async def _progress(ingestor: Any, db_url: str, stop: asyncio.Event, sim: threading.Thread) -> None:
     """Print messages/s, devices online and rejects until stop (or the simulator ends)."""
     last_rows, last_t = 0.0, time.monotonic()
     while not stop.is_set() and (sim.is_alive() or not sim.ident):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), _PROGRESS_EVERY_S)
         m = ingestor.metrics
-        rows = m.stored._value.get()  # noqa: SLF001 - prometheus_client has no public getter
+        rows = m.stored._value.get()
         now = time.monotonic()
         rejects = {
             s.labels["reason"]: int(s.value)

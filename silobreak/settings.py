@@ -70,6 +70,38 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65_535)
 
+    # Where `silobreak streams` serves the HTTP API.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=1, le=65_535)
+    # How long a new API token lives unless `--ttl` says otherwise: a quarter, so a forgotten
+    # token dies on its own within a season.
+    token_ttl: Duration = timedelta(days=90)
+    # The broker's directory (password and ACL files, pid file; see `silobreak broker-config`).
+    # When set, every provisioning command rewrites those files and reloads the broker; when
+    # not, `silobreak broker-sync` run where the broker runs does it.
+    broker_dir: Path | None = None
+
+    # -- streams: governed sharing (grants, live delivery, webhooks); see docs/streams.md --
+    # Personal data (household meters) leaves only as aggregates pooled over at least this
+    # many devices: with five, no one household's readings can be told from the pool.
+    streams_min_pool: int = Field(default=5, ge=2)
+    # How often a streams gateway polls the store for new commits: delivery waits half of it
+    # on average, and revocation or expiry stops live delivery within one poll (< 2 s).
+    streams_poll_interval: Duration = timedelta(milliseconds=250)
+    # Live aggregates are sent this long after their bucket closes, so readings still in the
+    # ingest pipeline (its 100 ms batches and commit) are counted in them.
+    streams_aggregate_grace: Duration = timedelta(seconds=5)
+    # Where webhooks may point: URL prefixes such as `https://hooks.city.example/`
+    # (scheme, host, port and path prefix must all match); empty: webhooks are refused.
+    streams_webhook_allow: list[str] = Field(default_factory=list)
+    # Webhook retries: the first delay, doubled each time (with jitter) up to the cap; a
+    # batch still refused after `give_up` stops the subscription (nothing is skipped).
+    streams_webhook_backoff: Duration = timedelta(milliseconds=500)
+    streams_webhook_backoff_max: Duration = timedelta(seconds=60)
+    streams_webhook_give_up: Duration = timedelta(days=1)
+    # The bearer token `silobreak subscribe` and `silobreak grants` send to SILOBREAK_API_URL.
+    api_token: str | None = None
+
     @classmethod
     def settings_customise_sources(
         cls,

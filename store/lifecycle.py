@@ -140,10 +140,13 @@ def register_devices(
                 (ids,),
             )
         }
-        new = upsert_devices(conn, records)
         needing = [i for i in ids if i not in live]
         secrets = {i: new_secret() for i in needing}
-        conn.execute(_ISSUE, (needing, [broker_hash(secrets[i]) for i in needing]))
+        # Hashed before the upsert locks the rows: ~60 µs each, 0.6 s for 10,000 devices that
+        # ingest's presence updates would otherwise wait behind.
+        hashes = [broker_hash(secrets[i]) for i in needing]
+        new = upsert_devices(conn, records)
+        conn.execute(_ISSUE, (needing, hashes))
         audit.record(conn, actor, "device.register", needing, {"credential": "issued"})
         if deliver is not None:
             deliver(secrets)

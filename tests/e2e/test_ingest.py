@@ -216,3 +216,24 @@ def test_two_ingestors_split_the_shared_subscription(
     assert sum(stored) == len(items)
     # The broker shares round-robin: each of the two takes a real part of the load.
     assert all(s > len(items) / 4 for s in stored), stored
+
+
+@pytest.mark.fault
+def test_ingest_stopped_during_an_outage_leaves_its_backlog_to_the_broker(
+    broker: LocalMosquitto, service_dir: Path, device_prefix: str, start_ingestor: StartIngestor
+) -> None:
+    with LocalPostgres(service_dir / "pg") as pg:
+        migrate(pg.url)
+        records = fleet(device_prefix, per_type=5)
+        register(pg.url, records)
+        items = messages(records, per_device=50)
+        first = start_ingestor(broker.url, pg.url)
+        pg.stop()
+        publish(broker.url, [(t, p) for t, p, *_ in items], f"{device_prefix}pub")
+        first.wait_for_log("unavailable")
+        assert first.stop() == 0  # SIGTERM: it gives up on the store within its grace period
+        assert any("unacknowledged" in line for line in first.lines)
+        pg.start()
+        start_ingestor(broker.url, pg.url)  # same client id
+        wait_for_messages(pg.url, device_prefix, len(items))
+        assert {r[:4] for r in stored_rows(pg.url, device_prefix)} == expected_rows(items)

@@ -1,0 +1,245 @@
+"""One device-side MQTT connection (paho) driven by an external selector loop."""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import ssl
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from devices.topics import STATUS, topic
+from firmware_sim.errors import BrokerError
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}
+# A refused or black-holed broker must not stall the loop for the whole fleet.
+CONNECT_TIMEOUT_S: Final = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """Where the broker is, from `mqtt://user:pass@host:port` (or mqtts:// for TLS)."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    def __str__(self) -> str:
+        scheme = "mqtts" if self.tls else "mqtt"
+        user = f"{self.username}@" if self.username else ""
+        return f"{scheme}://{user}{self.host}:{self.port}"
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """Parse a broker URL; BrokerError says what is wrong with it."""
+    parts = urlsplit(url)
+    if parts.scheme not in _DEFAULT_PORTS:
+        raise BrokerError(f"broker URL {url!r}: use mqtt://[user:pass@]host[:port] or mqtts://")
+    try:
+        port = parts.port or _DEFAULT_PORTS[parts.scheme]
+    except ValueError:
+        raise BrokerError(f"broker URL {url!r}: the port is not a number 1-65535") from None
+    if not parts.hostname:
+        raise BrokerError(f"broker URL {url!r}: no host")
+    return BrokerAddress(
+        host=parts.hostname,
+        port=port,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        tls=parts.scheme == "mqtts",
+    )
+
+
+class Link:
+    """A paho client serving one device (or, in load mode, many) with a bounded backlog.
+
+    Readings wait in the backlog while the link is offline or its in-flight window is full;
+    when the backlog is full the oldest reading is dropped, as a device's ring buffer does.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        device_ids: tuple[str, ...],
+        broker: BrokerAddress,
+        username: str | None,
+        password: str | None,
+        selector: selectors.BaseSelector,
+        keepalive: int,
+        inflight: int,
+        capacity: int,
+        will: bytes | None,
+        on_lost: Callable[[Link], None],
+        online: Callable[[], bytes],
+        pending_writes: set[Link],
+    ) -> None:
+        self.client_id = client_id
+        self.device_ids = device_ids
+        self.broker = broker
+        self.keepalive = keepalive
+        self.inflight = inflight
+        self.capacity = capacity
+        self.backlog: deque[tuple[str, bytes]] = deque()
+        self.connected = False
+        self.attempts = 0
+        self.retry_at = 0.0
+        self.outstanding = 0
+        self.status_mids: set[int] = set()
+        self.acked = 0
+        self.dropped = 0
+        self._selector = selector
+        self._on_lost = on_lost
+        self._online = online
+        # Links with bytes to send; the loop writes them directly after each turn, and only
+        # asks epoll for writability when the socket is full (saves 2 syscalls a message).
+        self._pending_writes = pending_writes
+        self._write_armed = False
+        self.client = _client(client_id, broker, username, password, inflight)
+        # A connection has one last will, so only a one-device link can carry its device's.
+        if will is not None and len(device_ids) == 1:
+            self.client.will_set(topic(device_ids[0], STATUS), will, qos=1, retain=True)
+        self.client.on_socket_open = self._socket_open
+        self.client.on_socket_close = self._socket_close
+        self.client.on_socket_register_write = self._want_write
+        self.client.on_socket_unregister_write = self._done_writing
+        self.client.on_connect = self._connected
+        self.client.on_disconnect = self._disconnected
+        self.client.on_publish = self._acknowledged
+
+    def connect(self) -> None:
+        """Open the TCP connection and send CONNECT; the CONNACK arrives through the loop."""
+        try:
+            self.client.connect(self.broker.host, self.broker.port, keepalive=self.keepalive)
+        except (OSError, ssl.SSLError) as exc:
+            raise BrokerError(f"{self.client_id}: cannot reach {self.broker}: {exc}") from exc
+
+    def send(self, topic_name: str, payload: bytes) -> None:
+        """Publish now if online with room in the window, else keep it in the backlog."""
+        if self.connected and not self.backlog and self.outstanding < self.inflight:
+            self._publish(topic_name, payload)
+            return
+        if len(self.backlog) >= self.capacity:
+            self.backlog.popleft()
+            self.dropped += 1
+        self.backlog.append((topic_name, payload))
+
+    def flush(self) -> int:
+        """Publish from the backlog while the window has room; returns how many went out."""
+        sent = 0
+        while self.connected and self.backlog and self.outstanding < self.inflight:
+            topic_name, payload = self.backlog.popleft()
+            self._publish(topic_name, payload)
+            sent += 1
+        return sent
+
+    def publish_status(self, payload: bytes) -> None:
+        for device_id in self.device_ids:
+            info = self.client.publish(topic(device_id, STATUS), payload, qos=1, retain=True)
+            self.status_mids.add(info.mid)
+
+    def service(self, mask: int) -> None:
+        if mask & selectors.EVENT_READ:
+            self.client.loop_read()
+        if mask & selectors.EVENT_WRITE and self.client.socket() is not None:
+            self.write()
+
+    def write(self) -> None:
+        """Send what paho has queued; wait for writability only if the socket is full."""
+        sock = self.client.socket()
+        if sock is None:
+            return
+        self.client.loop_write()
+        if self.client.want_write() and not self._write_armed:
+            self._write_armed = True
+            self._modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+
+    @property
+    def idle(self) -> bool:
+        return not self.backlog and self.outstanding == 0 and not self.status_mids
+
+    def _publish(self, topic_name: str, payload: bytes) -> None:
+        self.client.publish(topic_name, payload, qos=1)
+        self.outstanding += 1
+
+    # paho callbacks ---------------------------------------------------------------------
+
+    def _socket_open(self, _client: Any, _userdata: Any, sock: Any) -> None:
+        self._write_armed = False
+        self._selector.register(sock, selectors.EVENT_READ, self)
+
+    def _socket_close(self, _client: Any, _userdata: Any, sock: Any) -> None:
+        try:
+            self._selector.unregister(sock)
+        except (KeyError, ValueError):
+            logger.debug("%s: socket was not registered", self.client_id)
+
+    def _want_write(self, _client: Any, _userdata: Any, _sock: Any) -> None:
+        self._pending_writes.add(self)
+
+    def _done_writing(self, _client: Any, _userdata: Any, sock: Any) -> None:
+        if self._write_armed:
+            self._write_armed = False
+            self._modify(sock, selectors.EVENT_READ)
+
+    def _modify(self, sock: Any, events: int) -> None:
+        try:
+            self._selector.modify(sock, events, self)
+        except (KeyError, ValueError):
+            logger.debug("%s: socket not registered for %d", self.client_id, events)
+
+    def _connected(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            logger.warning("%s: broker refused the connection: %s", self.client_id, reason)
+            return
+        self.connected = True
+        self.attempts = 0
+        self.publish_status(self._online())
+        self.flush()
+
+    def _disconnected(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if self.connected:
+            logger.info("%s: disconnected: %s", self.client_id, reason)
+        self.connected = False
+        self._on_lost(self)
+
+    def _acknowledged(self, _c: Any, _u: Any, mid: int, _reason: Any, _props: Any) -> None:
+        if mid in self.status_mids:
+            self.status_mids.discard(mid)
+            return
+        self.outstanding -= 1
+        self.acked += 1
+        self.flush()
+
+
+def _client(
+    client_id: str,
+    broker: BrokerAddress,
+    username: str | None,
+    password: str | None,
+    inflight: int,
+) -> mqtt.Client:
+    # MQTT 3.1.1: what field firmware speaks, and paho builds no v5 properties per message.
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv311,
+        clean_session=True,
+    )
+    client.connect_timeout = CONNECT_TIMEOUT_S
+    client.max_inflight_messages_set(inflight)
+    if username is not None:
+        client.username_pw_set(username, password)
+    if broker.tls:
+        client.tls_set()
+    return client

@@ -1,0 +1,147 @@
+"""Mosquitto configuration for silobreak: listeners, limits sized for ingest, persistence, auth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+from silobreak.broker_sync import BrokerFiles, write_private
+from silobreak.settings import SettingsError
+
+Profile = Literal["dev", "deploy"]
+PROFILES: Final = ("dev", "deploy")
+PLAIN_PORT: Final = 1883
+TLS_PORT: Final = 8883
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """What `silobreak broker-config` is asked for."""
+
+    profile: Profile
+    directory: Path  # password, ACL and pid files; in dev also persistence and log
+    plain_bind: str = "127.0.0.1"
+    plain_port: int = PLAIN_PORT
+    tls_bind: str | None = None  # None: 127.0.0.1 in dev, every interface in deploy
+    tls_port: int = TLS_PORT
+    cafile: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    run_as: str | None = None  # Mosquitto's `user` (who it becomes when started as root)
+    persistence_dir: Path | None = None  # default: `directory`
+
+    @property
+    def files(self) -> BrokerFiles:
+        return BrokerFiles(self.directory)
+
+    @property
+    def tls(self) -> bool:
+        return self.certfile is not None
+
+    def check(self) -> None:
+        """Raise SettingsError for a configuration the broker would refuse or should not run."""
+        given = [f is not None for f in (self.cafile, self.certfile, self.keyfile)]
+        if any(given) and not all(given):
+            raise SettingsError("TLS needs all of --cafile, --certfile and --keyfile")
+        if self.profile == "deploy" and not self.tls:
+            raise SettingsError(
+                "the deploy profile needs a TLS certificate for the device listener: give "
+                "--cafile, --certfile and --keyfile (or use --profile dev)"
+            )
+        for path in (self.cafile, self.certfile, self.keyfile):
+            if path is not None and not path.is_file():
+                raise SettingsError(f"{path} is not a file")
+        if self.tls and self.tls_port == self.plain_port:
+            raise SettingsError("the TLS and plain listeners need different ports")
+
+
+def render(cfg: BrokerConfig) -> str:
+    """The whole mosquitto.conf."""
+    d = cfg.directory.resolve()
+    files = BrokerFiles(d)
+    out = [
+        f"# Mosquitto 2.0 for silobreak ({cfg.profile} profile): `silobreak broker-config`.",
+        "",
+        "# Who may connect, and what each may publish and read: written from the registry by",
+        "# `silobreak broker-sync` (and by every provisioning command when SILOBREAK_BROKER_DIR",
+        "# names this directory), then applied by SIGHUP without a restart.",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"password_file {files.password_file}",
+        f"acl_file {files.acl_file}",
+        f"pid_file {files.pid_file}",
+    ]
+    if cfg.run_as:
+        out.append(f"user {cfg.run_as}")
+    out += [
+        "",
+        "# Sized for ingest's acknowledge-after-commit: a v5 client's Receive Maximum sets how",
+        "# many unacknowledged publishes it is sent; this covers v3 clients and v5 clients that",
+        "# send none (paho), and is advertised to publishers as the CONNACK Receive Maximum",
+        "# (the default 20 starves ingest; 0 and 65535 both mean no limit and reuse packet ids).",
+        "max_inflight_messages 65534",
+        "# Queued for a subscriber behind its in-flight window (an ingestor or its store that is",
+        "# down); past either limit QoS 1 messages are dropped silently (default 1000).",
+        "# 1M is ~15 minutes of a 1k msg/s city.",
+        "max_queued_messages 1000000",
+        "# 1M telemetry payloads of up to ~200 B; a stuck client with big payloads is cut at",
+        "# 256 MiB instead of taking the broker's memory.",
+        "max_queued_bytes 268435456",
+        "# A client absent for a day is gone: its session and queue are freed.",
+        "persistent_client_expiration 1d",
+        "# PUBACKs and small publishes go out at once, not after Nagle's delay.",
+        "set_tcp_nodelay true",
+        "",
+        "persistence true",
+        f"persistence_location {(cfg.persistence_dir or d).resolve()}/",
+        "# Seconds between snapshots: bounds what a crash loses; each rewrites the whole file.",
+        "autosave_interval 60",
+        "",
+    ]
+    if cfg.profile == "dev":
+        out += [f"log_dest file {d / 'mosquitto.log'}"]
+    else:
+        out += ["log_dest stdout"]
+    out += [
+        "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+        "connection_messages true",
+        "",
+        "# Platform listener, plain: ingest, streams and provisioning (and devices in",
+        "# development). Keep it on loopback or a private network.",
+        f"listener {cfg.plain_port} {cfg.plain_bind}",
+    ]
+    if cfg.tls:
+        bind = cfg.tls_bind if cfg.tls_bind is not None else _default_tls_bind(cfg.profile)
+        out += [
+            "",
+            "# Device listener, TLS. The client id is replaced by the user name (the device id),",
+            "# so no device can take over another's session or knock it off by reusing its id.",
+            f"listener {cfg.tls_port}" + (f" {bind}" if bind else ""),
+            f"cafile {_abs(cfg.cafile)}",
+            f"certfile {_abs(cfg.certfile)}",
+            f"keyfile {_abs(cfg.keyfile)}",
+            "tls_version tlsv1.2",
+            "use_username_as_clientid true",
+        ]
+    return "\n".join(out) + "\n"
+
+
+def write(cfg: BrokerConfig, output: Path) -> None:
+    """Write mosquitto.conf to `output` and create empty auth files the broker can start with."""
+    cfg.check()
+    cfg.directory.mkdir(parents=True, exist_ok=True)
+    output.write_text(render(cfg), encoding="utf-8")
+    files = cfg.files
+    for path in (files.password_file, files.acl_file):
+        if not path.exists():
+            write_private(path, "# Empty until `silobreak broker-sync` writes it.\n")
+
+
+def _default_tls_bind(profile: Profile) -> str:
+    return "127.0.0.1" if profile == "dev" else ""
+
+
+def _abs(path: Path | None) -> Path:
+    assert path is not None
+    return path.resolve()

@@ -1,0 +1,164 @@
+"""Keep the running broker's password and ACL files in line with the registry, and reload it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import psycopg
+from psycopg import sql
+
+from devices.broker_auth import BrokerAuth
+from store.lifecycle import load_broker_auth
+
+logger = logging.getLogger(__name__)
+
+PASSWORD_FILE: Final = "passwd"  # noqa: S105 - a file name
+ACL_FILE: Final = "acl"
+PID_FILE: Final = "mosquitto.pid"
+# Any constant works; it only has to be the same for every process that syncs this broker, so
+# that two syncs cannot interleave and leave an older registry state in the files.
+_LOCK_KEY: Final = 0x51_10_B2_EB
+# A new file is readable by its owner and group only (the broker's group, see write_private).
+_FILE_MODE: Final = 0o640
+# The channels the registry's triggers notify on (migrations 0001 and 0004).
+NOTIFY_CHANNELS: Final = ("silobreak_broker_auth", "silobreak_registry")
+# Notifications arriving this soon after the first are folded into the same sync.
+_COALESCE_S: Final = 0.2
+
+
+class BrokerSyncError(OSError):
+    """The broker's files could not be written or the broker could not be signalled."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerFiles:
+    """Where a broker keeps the files silobreak writes: `passwd`, `acl`, and its pid file."""
+
+    directory: Path
+
+    @property
+    def password_file(self) -> Path:
+        return self.directory / PASSWORD_FILE
+
+    @property
+    def acl_file(self) -> Path:
+        return self.directory / ACL_FILE
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / PID_FILE
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    devices: int
+    principals: int
+    reloaded_pid: int | None  # the broker told to reload, or None when none runs here
+
+    def describe(self) -> str:
+        what = f"{self.devices} device and {self.principals} principal account(s)"
+        if self.reloaded_pid is None:
+            return f"broker files written ({what}); no running broker to reload"
+        return f"broker reloaded with {what} (pid {self.reloaded_pid})"
+
+
+def sync_broker(conn: psycopg.Connection[Any], files: BrokerFiles) -> SyncResult:
+    """Write the password and ACL files from the registry, then make the broker reload them.
+
+    Mosquitto re-reads both on SIGHUP and disconnects every connected client whose account
+    is gone or whose password changed (measured on 2.0.11: within ~0.1 s), without a restart.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        auth = load_broker_auth(conn)
+        write_auth_files(auth, files)
+        pid = reload_broker(files.pid_file)
+    return SyncResult(len(auth.devices), len(auth.principals), pid)
+
+
+def write_auth_files(auth: BrokerAuth, files: BrokerFiles) -> None:
+    # The ACL first: a user in the new password file must never meet the old ACL file.
+    write_private(files.acl_file, auth.acl_file())
+    write_private(files.password_file, auth.password_file())
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` atomically, keeping the owner, group and mode of the file it replaces."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        st = path.stat()
+        mode, owner = st.st_mode & 0o777, (st.st_uid, st.st_gid)
+    except FileNotFoundError:
+        mode, owner = _FILE_MODE, None
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.chmod(mode)  # the umask may have narrowed os.open's mode
+        if owner is not None and os.geteuid() == 0:
+            os.chown(tmp, *owner)
+        tmp.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise BrokerSyncError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def reload_broker(pid_file: Path) -> int | None:
+    """SIGHUP the Mosquitto named by `pid_file`; None when no Mosquitto runs under that pid."""
+    try:
+        text = pid_file.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BrokerSyncError(f"cannot read {pid_file}: {exc.strerror or exc}") from exc
+    if not text.isdigit():
+        return None
+    pid = int(text)
+    # A stale pid file may name an unrelated process by now: signal only a mosquitto.
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+    if comm != "mosquitto":
+        return None
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        return None
+    except PermissionError as exc:
+        raise BrokerSyncError(
+            f"not allowed to signal the broker (pid {pid}); run this as the broker's user"
+        ) from exc
+    return pid
+
+
+def watch(
+    database_url: str,
+    files: BrokerFiles,
+    *,
+    interval: float,
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Sync at start, then whenever the registry or the principals change, and every
+    `interval` seconds besides (a missed notification costs at most that long)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for channel in NOTIFY_CHANNELS:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        logger.info("%s", sync_broker(conn, files).describe())
+        while not stop():
+            woken = next(iter(conn.notifies(timeout=interval, stop_after=1)), None)
+            if woken is not None:
+                # An import or a decommission notifies once per statement: one sync for all.
+                for _ in conn.notifies(timeout=_COALESCE_S):
+                    pass
+            logger.info("%s", sync_broker(conn, files).describe())

@@ -1,0 +1,173 @@
+"""`silobreak broker-config`, `broker-sync`, `dev-certs`, `streams` (the API) and `bench import`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from silobreak.cli import _db, _settings, bench, main
+from silobreak.settings import SettingsError, parse_duration
+
+if TYPE_CHECKING:
+    from silobreak.certs import DevCerts
+
+
+@main.command("broker-config")
+@click.option("--profile", type=click.Choice(["dev", "deploy"]), default="dev", show_default=True)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="The broker's directory: password, ACL and pid files (dev: also data and log).",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the config (default: DIR/mosquitto.conf; - for stdout).",
+)
+@click.option("--plain-bind", default="127.0.0.1", show_default=True)
+@click.option("--plain-port", type=click.IntRange(1, 65535), default=1883, show_default=True)
+@click.option("--tls-bind", help="Default: 127.0.0.1 (dev), every interface (deploy).")
+@click.option("--tls-port", type=click.IntRange(1, 65535), default=8883, show_default=True)
+@click.option("--cafile", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--certfile", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--keyfile", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--dev-certs/--no-dev-certs",
+    default=True,
+    help="dev profile without --certfile: make (or reuse) a development CA in DIR/certs.",
+)
+@click.option("--user", "run_as", help="The user Mosquitto becomes when started as root.")
+def broker_config(
+    profile: str,
+    directory: Path,
+    output: Path | None,
+    plain_bind: str,
+    plain_port: int,
+    tls_bind: str | None,
+    tls_port: int,
+    cafile: Path | None,
+    certfile: Path | None,
+    keyfile: Path | None,
+    dev_certs: bool,
+    run_as: str | None,
+) -> None:
+    """Write a Mosquitto config: listeners, limits sized for ingest, persistence, auth files."""
+    from silobreak.broker_config import BrokerConfig, render, write  # noqa: PLC0415
+
+    if profile == "dev" and dev_certs and certfile is None:
+        certs = _dev_certs(directory / "certs", ())
+        cafile, certfile, keyfile = certs.ca_cert, certs.server_cert, certs.server_key
+    cfg = BrokerConfig(
+        profile="dev" if profile == "dev" else "deploy",
+        directory=directory,
+        plain_bind=plain_bind,
+        plain_port=plain_port,
+        tls_bind=tls_bind,
+        tls_port=tls_port,
+        cafile=cafile,
+        certfile=certfile,
+        keyfile=keyfile,
+        run_as=run_as,
+    )
+    if output is not None and str(output) == "-":
+        cfg.check()
+        click.echo(render(cfg), nl=False)
+        return
+    target = output or directory / "mosquitto.conf"
+    write(cfg, target)
+    click.echo(f"wrote {target}; start it with: mosquitto -c {target.resolve()}")
+    if cfg.tls:
+        click.echo(f"devices connect with TLS on port {tls_port}, trusting {cfg.cafile}")
+    click.echo(f"then: SILOBREAK_BROKER_DIR={directory.resolve()} silobreak broker-sync", err=True)
+
+
+@main.command("broker-sync")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="The broker's directory (default: SILOBREAK_BROKER_DIR).",
+)
+@click.option("--watch", is_flag=True, help="Keep running: sync on every registry change.")
+@click.option(
+    "--interval", default="30s", show_default=True, help="With --watch: sync at least this often."
+)
+@click.pass_context
+def broker_sync(ctx: click.Context, directory: Path | None, watch: bool, interval: str) -> None:
+    """Write the broker's password and ACL files from the registry and reload the broker."""
+    from silobreak.broker_sync import BrokerFiles, sync_broker  # noqa: PLC0415
+    from silobreak.broker_sync import watch as watch_loop  # noqa: PLC0415
+
+    settings = _settings(ctx)
+    target = directory or settings.broker_dir
+    if target is None:
+        raise SettingsError("name the broker's directory: --dir DIR or SILOBREAK_BROKER_DIR")
+    files = BrokerFiles(target)
+    if watch:
+        try:
+            seconds = parse_duration(interval).total_seconds()
+        except ValueError as exc:
+            raise SettingsError(f"--interval: {exc}") from None
+        try:
+            watch_loop(settings.database_url, files, interval=seconds)
+        except KeyboardInterrupt:
+            return
+        return
+    with _db(settings) as conn:
+        click.echo(sync_broker(conn, files).describe())
+
+
+@main.command("dev-certs")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--host", "hosts", multiple=True, help="A name or address devices connect to.")
+def dev_certs(directory: Path, hosts: tuple[str, ...]) -> None:
+    """Make a development CA and a broker certificate (localhost and --host names)."""
+    certs = _dev_certs(directory, hosts, fresh=True)
+    click.echo(f"CA: {certs.ca_cert} (give this to devices)")
+    click.echo(f"broker: {certs.server_cert} and {certs.server_key}")
+
+
+@main.command("streams")
+@click.pass_context
+def streams(ctx: click.Context) -> None:
+    """Serve the HTTP API (/v1/..., OpenAPI at /docs) until Ctrl-C or SIGTERM."""
+    import uvicorn  # noqa: PLC0415 - keeps `--help` fast
+
+    from streams.api import create_app  # noqa: PLC0415
+
+    settings = _settings(ctx)
+    uvicorn.run(
+        create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info"
+    )
+
+
+@bench.command("import")
+@click.option("--devices", type=click.IntRange(1, 1_000_000), default=10_000, show_default=True)
+@click.option("--runs", type=click.IntRange(1, 20), default=3, show_default=True)
+def bench_import(devices: int, runs: int) -> None:
+    """Bulk registry import with credentials into a fresh database, broker reloaded."""
+    from silobreak.bench.import_bench import run_import_bench  # noqa: PLC0415
+
+    report = run_import_bench(devices=devices, runs=runs, log=lambda x: click.echo(x, err=True))
+    click.echo(report.markdown())
+
+
+def _dev_certs(directory: Path, hosts: tuple[str, ...], *, fresh: bool = False) -> DevCerts:
+    from silobreak.certs import DevCerts, make_dev_certs  # noqa: PLC0415
+
+    existing = DevCerts(
+        directory / "ca.crt",
+        directory / "ca.key",
+        directory / "server.crt",
+        directory / "server.key",
+    )
+    # Reused when present: devices already trust this CA.
+    if not fresh and all(
+        p.is_file() for p in (existing.ca_cert, existing.server_cert, existing.server_key)
+    ):
+        return existing
+    return make_dev_certs(directory, hosts)

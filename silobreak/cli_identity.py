@@ -1,0 +1,496 @@
+"""`silobreak devices` lifecycle verbs and `silobreak principals`: identities and secrets."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import pwd
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+import psycopg
+
+from devices.broker_auth import PRINCIPAL_KINDS, principal_username
+from devices.catalog import DEVICE_TYPES, MEDIA
+from devices.geojson import parse_geojson
+from devices.registry import DeviceRecord, new_record, parse_csv
+from silobreak.cli import _db, _emit, _settings, devices, main
+from silobreak.settings import Settings, SettingsError, parse_duration
+from store import audit
+from store.lifecycle import (
+    CONNECTIONS,
+    LIFECYCLES,
+    DeviceFilter,
+    decommission,
+    erase_readings,
+    find_devices,
+    register_devices,
+    retag_readings,
+    revoke_secrets,
+    rotate_secret,
+    transfer,
+)
+from store.principals import (
+    add_principal,
+    disable_principal,
+    issue_token,
+    list_principals,
+    list_tokens,
+    revoke_token,
+    rotate_broker_secret,
+)
+
+# Registering, importing and listing devices now also manage their credentials and filter by
+# lifecycle: these replace the plain versions defined in silobreak.cli.
+_GEOJSON_SUFFIXES = (".geojson", ".json")
+
+
+def actor() -> str:
+    """Who is at the keyboard, for the audit: `cli:<user>`."""
+    try:
+        return f"cli:{pwd.getpwuid(os.getuid()).pw_name}"
+    except KeyError:
+        return f"cli:uid{os.getuid()}"
+
+
+def apply_to_broker(settings: Settings, conn: psycopg.Connection[Any]) -> None:
+    """Make the running broker enforce what the registry now says (when it runs here)."""
+    if settings.broker_dir is None:
+        click.echo(
+            "note: broker not updated here (SILOBREAK_BROKER_DIR is not set); "
+            "`silobreak broker-sync` where the broker runs applies it",
+            err=True,
+        )
+        return
+    from silobreak.broker_sync import BrokerFiles, sync_broker  # noqa: PLC0415
+
+    click.echo(sync_broker(conn, BrokerFiles(settings.broker_dir)).describe(), err=True)
+
+
+# -- devices: register, import, list ---------------------------------------------------------
+
+
+@click.command("add")
+@click.argument("device_id")
+@click.option("--type", "device_type", required=True, type=click.Choice(list(DEVICE_TYPES)))
+@click.option("--service", help="Owning service (default: the type's usual owner).")
+@click.option("--district")
+@click.option("--lat", type=click.FloatRange(-90, 90))
+@click.option("--lon", type=click.FloatRange(-180, 180))
+@click.option("--medium", type=click.Choice(list(MEDIA)), help="Meters only.")
+@click.pass_context
+def devices_add(
+    ctx: click.Context,
+    device_id: str,
+    device_type: str,
+    service: str | None,
+    district: str | None,
+    lat: float | None,
+    lon: float | None,
+    medium: str | None,
+) -> None:
+    """Register one device (or update it); a new device's secret is printed once."""
+    record = new_record(
+        device_id, device_type, service, district=district, lat=lat, lon=lon, medium=medium
+    )
+    settings = _settings(ctx)
+    with _db(settings) as conn:
+        done = register_devices(conn, [record], actor=actor())
+        apply_to_broker(settings, conn)
+    click.echo(
+        f"{'registered' if done.new else 'updated'} {device_id} ({device_type}, {record.service})"
+    )
+    if device_id in done.secrets:
+        click.echo(f"secret (shown once; the device's MQTT password): {done.secrets[device_id]}")
+
+
+@click.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--secrets-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="New CSV file (device_id,secret; mode 0600) for the secrets of devices given one "
+    "(default: FILE's name + .secrets-<UTC time>.csv, beside it).",
+)
+@click.option("--format", "fmt", type=click.Choice(["auto", "csv", "geojson"]), default="auto")
+@click.pass_context
+def devices_import(ctx: click.Context, file: Path, secrets_out: Path | None, fmt: str) -> None:
+    """Import devices from CSV or GeoJSON; all or nothing, credentials in the same step."""
+    records = _parse(file, fmt)
+    _import(ctx, file, records, secrets_out)
+
+
+@devices.command("import-geojson")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--secrets-out", type=click.Path(dir_okay=False, path_type=Path),
+    help="New CSV file (device_id,secret; mode 0600) for the new devices' secrets.",
+)  # fmt: skip
+@click.pass_context
+def devices_import_geojson(ctx: click.Context, file: Path, secrets_out: Path | None) -> None:
+    """Import a GeoJSON FeatureCollection (Point features, registry columns as properties)."""
+    _import(ctx, file, _parse(file, "geojson"), secrets_out)
+
+
+@click.command("list")
+@click.option("--service")
+@click.option("--type", "device_type", type=click.Choice(list(DEVICE_TYPES)))
+@click.option("--district")
+@click.option("--lifecycle", type=click.Choice(LIFECYCLES))
+@click.option("--connection", type=click.Choice(CONNECTIONS))
+@click.option("--seen-since", help="Last seen within (15m, 2d) or since (ISO time).")
+@click.option("--unseen-since", help="Not seen within (15m, 2d) or since (ISO time), or never.")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=1000, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.pass_context
+def devices_list(
+    ctx: click.Context,
+    service: str | None,
+    device_type: str | None,
+    district: str | None,
+    lifecycle: str | None,
+    connection: str | None,
+    seen_since: str | None,
+    unseen_since: str | None,
+    limit: int,
+    fmt: str,
+) -> None:
+    """List registered devices, filtered."""
+    where = DeviceFilter(
+        service=service,
+        device_type=device_type,
+        district=district,
+        lifecycle=lifecycle,
+        connection=connection,
+        seen_since=_when(seen_since, "--seen-since"),
+        unseen_since=_when(unseen_since, "--unseen-since"),
+        limit=limit,
+    )
+    with _db(_settings(ctx)) as conn:
+        rows = find_devices(conn, where)
+    header = [
+        "device_id", "device_type", "service", "district", "medium", "lifecycle", "connection",
+        "last_seen", "credential",
+    ]  # fmt: skip
+    _emit(header, [[getattr(r, h) for h in header] for r in rows], fmt)
+
+
+for _command in (devices_add, devices_import, devices_list):
+    devices.add_command(_command)
+
+
+# -- devices: lifecycle verbs ----------------------------------------------------------------
+
+
+@devices.command("decommission")
+@click.argument("device_ids", nargs=-1, required=True)
+@click.option("--reason", default="", help="Recorded in the audit.")
+@click.pass_context
+def devices_decommission(ctx: click.Context, device_ids: tuple[str, ...], reason: str) -> None:
+    """Retire devices: credentials revoked, disconnected, their data refused from now on."""
+    settings = _settings(ctx)
+    with _db(settings) as conn:
+        changed = decommission(conn, device_ids, actor=actor(), reason=reason)
+        apply_to_broker(settings, conn)
+    click.echo(f"decommissioned {changed} device(s)")
+
+
+@devices.command("transfer")
+@click.argument("device_id")
+@click.argument("service")
+@click.option("--at", "at", help="When the new owner takes over (ISO time; default now).")
+@click.option(
+    "--settle/--no-settle",
+    default=True,
+    help="Wait for ingest to reload the registry, then re-tag readings it stored meanwhile.",
+)
+@click.pass_context
+def devices_transfer(
+    ctx: click.Context, device_id: str, service: str, at: str | None, settle: bool
+) -> None:
+    """Hand a device to another service; readings keep the owner at their own time."""
+    settings = _settings(ctx)
+    effective = _time(at, "--at") if at else None
+    with _db(settings) as conn:
+        done = transfer(conn, device_id, service, effective, actor=actor())
+        apply_to_broker(settings, conn)
+        click.echo(
+            f"{device_id}: {done.old_service} -> {done.new_service} from "
+            f"{done.effective_at.isoformat()} ({done.retagged} stored reading(s) re-tagged)"
+        )
+        if settle:
+            # Ingestors tag with the registry snapshot they hold, reloaded every
+            # registry_refresh: two of those (and a margin) later, all of them have this one.
+            time.sleep(2 * settings.registry_refresh.total_seconds() + 1)
+            device_type = find_devices(conn, DeviceFilter(device_id=device_id))[0].device_type
+            with conn.transaction():
+                late = retag_readings(
+                    conn, device_id, device_type, service, since=done.effective_at
+                )
+            click.echo(f"settled: {late} reading(s) stored before ingest reloaded re-tagged")
+
+
+@devices.command("erase")
+@click.argument("device_id")
+@click.option("--reason", required=True, help="Why (e.g. the data subject's request number).")
+@click.option("--since", help="Only readings at or after this ISO time.")
+@click.option("--until", help="Only readings before this ISO time.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def devices_erase(
+    ctx: click.Context,
+    device_id: str,
+    reason: str,
+    since: str | None,
+    until: str | None,
+    yes: bool,
+) -> None:
+    """Delete a device's stored readings (personal data requests); audited with the reason."""
+    if not yes:
+        click.confirm(f"Delete readings of {device_id} for good?", abort=True)
+    with _db(_settings(ctx)) as conn:
+        readings, rejects = erase_readings(
+            conn,
+            device_id,
+            reason=reason,
+            actor=actor(),
+            since=_time(since, "--since") if since else None,
+            until=_time(until, "--until") if until else None,
+        )
+    click.echo(f"erased {readings} reading row(s) and {rejects} dead letter(s) of {device_id}")
+
+
+@devices.command("rotate-secret")
+@click.argument("device_id")
+@click.pass_context
+def devices_rotate_secret(ctx: click.Context, device_id: str) -> None:
+    """Give a device a new secret (printed once); the old one stops working."""
+    settings = _settings(ctx)
+    with _db(settings) as conn:
+        secret = rotate_secret(conn, device_id, actor=actor())
+        apply_to_broker(settings, conn)
+    click.echo(f"new secret for {device_id} (shown once): {secret}")
+
+
+@devices.command("revoke-secret")
+@click.argument("device_ids", nargs=-1, required=True)
+@click.pass_context
+def devices_revoke_secret(ctx: click.Context, device_ids: tuple[str, ...]) -> None:
+    """Revoke devices' secrets: disconnected and refused until `rotate-secret`."""
+    settings = _settings(ctx)
+    with _db(settings) as conn:
+        revoked = revoke_secrets(conn, device_ids, actor=actor())
+        apply_to_broker(settings, conn)
+    click.echo(f"revoked {revoked} credential(s)")
+
+
+@devices.command("history")
+@click.argument("device_id")
+@click.pass_context
+def devices_history(ctx: click.Context, device_id: str) -> None:
+    """A device's owners over time and the admin actions on it."""
+    with _db(_settings(ctx)) as conn:
+        owners = conn.execute(
+            "SELECT valid_from, service FROM device_ownership WHERE device_id = %s"
+            " ORDER BY valid_from",
+            (device_id,),
+        ).fetchall()
+        entries = audit.entries(conn, subject=device_id)
+    if not owners:
+        raise click.ClickException(f"no device {device_id!r} in the registry")
+    _emit(["owner_from", "service"], [list(o) for o in owners], "table")
+    click.echo("")
+    rows = [[e.at, e.actor, e.action, e.detail] for e in reversed(entries)]
+    _emit(["at", "actor", "action", "detail"], rows, "table")
+
+
+# -- principals -------------------------------------------------------------------------------
+
+
+@main.group()
+def principals() -> None:
+    """Services, data teams, the coordinator and platform components; their API tokens."""
+
+
+@principals.command("add")
+@click.argument("name")
+@click.option("--kind", required=True, type=click.Choice(PRINCIPAL_KINDS))
+@click.option("--description", default="")
+@click.pass_context
+def principals_add(ctx: click.Context, name: str, kind: str, description: str) -> None:
+    """Create a principal and its broker account (its secret is printed once)."""
+    settings = _settings(ctx)
+    with _db(settings) as conn:
+        secret = add_principal(conn, name, kind, description=description, actor=actor())
+        apply_to_broker(settings, conn)
+    click.echo(f"added {kind} {name}")
+    click.echo(f"broker user: {principal_username(kind, name)}")
+    click.echo(f"broker secret (shown once): {secret}")
+
+
+@principals.command("list")
+@click.option("--kind", type=click.Choice(PRINCIPAL_KINDS))
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.pass_context
+def principals_list(ctx: click.Context, kind: str | None, fmt: str) -> None:
+    """List principals."""
+    with _db(_settings(ctx)) as conn:
+        rows = list_principals(conn, kind=kind)
+    header = ["name", "kind", "broker_username", "live_tokens", "created_at", "disabled_at"]
+    _emit(header, [[getattr(r, h) for h in header] for r in rows], fmt)
+
+
+@principals.command("disable")
+@click.argument("name")
+@click.pass_context
+def principals_disable(ctx: click.Context, name: str) -> None:
+    """Disable a principal: tokens revoked, broker account removed."""
+    settings = _settings(ctx)
+    with _db(settings) as conn:
+        revoked = disable_principal(conn, name, actor=actor())
+        apply_to_broker(settings, conn)
+    click.echo(f"disabled {name} ({revoked} token(s) revoked)")
+
+
+@principals.command("rotate-broker-secret")
+@click.argument("name")
+@click.pass_context
+def principals_rotate(ctx: click.Context, name: str) -> None:
+    """A new broker-account secret (printed once); the old one stops working."""
+    settings = _settings(ctx)
+    with _db(settings) as conn:
+        secret = rotate_broker_secret(conn, name, actor=actor())
+        apply_to_broker(settings, conn)
+    click.echo(f"new broker secret for {name} (shown once): {secret}")
+
+
+@principals.group("token")
+def token() -> None:
+    """HTTP API bearer tokens."""
+
+
+@token.command("issue")
+@click.argument("principal")
+@click.option("--ttl", help="Lifetime, e.g. 30d (default: SILOBREAK_TOKEN_TTL).")
+@click.option("--label", default="", help="What the token is for (shown in `token list`).")
+@click.pass_context
+def token_issue(ctx: click.Context, principal: str, ttl: str | None, label: str) -> None:
+    """Issue an API token (printed once)."""
+    settings = _settings(ctx)
+    lifetime = settings.token_ttl if ttl is None else _duration(ttl, "--ttl")
+    with _db(settings) as conn:
+        issued = issue_token(conn, principal, ttl=lifetime, label=label, actor=actor())
+    click.echo(f"token {issued.token_id} for {principal}, expires {issued.expires_at.isoformat()}")
+    click.echo(f"bearer token (shown once): {issued.token}")
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@click.pass_context
+def token_revoke(ctx: click.Context, token_id: str) -> None:
+    """Revoke an API token by its id (tok_...)."""
+    with _db(_settings(ctx)) as conn:
+        principal = revoke_token(conn, token_id, actor=actor())
+    click.echo(f"revoked {token_id} of {principal}")
+
+
+@token.command("list")
+@click.argument("principal", required=False)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.pass_context
+def token_list(ctx: click.Context, principal: str | None, fmt: str) -> None:
+    """List API tokens (ids and dates; tokens themselves are never stored)."""
+    with _db(_settings(ctx)) as conn:
+        rows = list_tokens(conn, principal=principal)
+    header = ["token_id", "principal", "label", "created_at", "expires_at", "revoked_at"]
+    _emit(header, [[getattr(r, h) for h in header] for r in rows], fmt)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _parse(file: Path, fmt: str) -> list[DeviceRecord]:
+    text = file.read_text(encoding="utf-8-sig")
+    geojson = fmt == "geojson" or (fmt == "auto" and file.suffix.lower() in _GEOJSON_SUFFIXES)
+    return parse_geojson(text) if geojson else parse_csv(text)
+
+
+def _import(
+    ctx: click.Context, file: Path, records: Sequence[DeviceRecord], secrets_out: Path | None
+) -> None:
+    settings = _settings(ctx)
+    if secrets_out is None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        secrets_out = file.with_name(f"{file.name}.secrets-{stamp}.csv")
+    written: list[Path] = []
+
+    def deliver(secrets: dict[str, str]) -> None:
+        if secrets:
+            _write_secrets(secrets_out, secrets)
+            written.append(secrets_out)
+
+    try:
+        with _db(settings) as conn:
+            done = register_devices(conn, records, actor=actor(), deliver=deliver)
+            apply_to_broker(settings, conn)
+    except BaseException:
+        # The registry did not commit: the secrets in the file were never valid.
+        for path in written:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
+    click.echo(
+        f"imported {len(records)} device(s): {done.new} new, {done.updated} updated; "
+        + (
+            f"{len(done.secrets)} secret(s) in {secrets_out}"
+            if done.secrets
+            else "no new secrets (every device already had one)"
+        )
+    )
+
+
+def _write_secrets(path: Path, secrets: dict[str, str]) -> None:
+    """A new file, 0600: refusing to overwrite keeps an earlier batch's secrets."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists; name a new file for the secrets") from None
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["device_id", "secret"])
+        writer.writerows(secrets.items())
+
+
+def _duration(value: str, option: str) -> timedelta:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise SettingsError(f"{option}: {exc}") from None
+
+
+def _time(value: str, option: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise SettingsError(f"{option}: {value!r} is not an ISO 8601 time") from None
+    if parsed.tzinfo is None:
+        raise SettingsError(f"{option}: {value!r} needs a UTC offset (e.g. Z or +01:00)")
+    return parsed
+
+
+def _when(value: str | None, option: str) -> datetime | None:
+    """`15m` (that long ago) or an ISO time."""
+    if value is None:
+        return None
+    try:
+        return datetime.now(UTC) - parse_duration(value)
+    except ValueError:
+        return _time(value, option)
+
+
+from silobreak import cli_broker  # noqa: E402,F401 - registers broker-config, broker-sync, streams

@@ -1,0 +1,1 @@
+"""Governed cross-service sharing: catalog, grants, subscriptions, history and audit."""

@@ -1,0 +1,107 @@
+"""The HTTP API: an app factory, its database pool, error bodies, health; routes per resource."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final, Protocol
+
+import psycopg
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from streams import devices_api
+from streams.errors import ApiError
+
+logger = logging.getLogger(__name__)
+
+# Connections to the store: a request holds one for a query or two; ten serve hundreds of
+# requests a second, and stay well under PostgreSQL's default max_connections of 100.
+POOL_MAX: Final = 10
+# How long a request waits for a pooled connection before it is answered 503.
+POOL_TIMEOUT_S: Final = 5.0
+UNAVAILABLE: Final = 503
+
+
+class ApiSettings(Protocol):
+    """What the API needs of the process settings (silobreak.settings.Settings has it)."""
+
+    @property
+    def database_url(self) -> str: ...
+
+
+def create_app(settings: ApiSettings) -> FastAPI:
+    """The FastAPI app; its connection pool opens with the app and closes with it."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+            settings.database_url,
+            min_size=1,
+            max_size=POOL_MAX,
+            timeout=POOL_TIMEOUT_S,
+            kwargs={"autocommit": True, "application_name": "silobreak-streams"},
+            open=False,
+        )
+        # Not waiting: the API starts while the store is down and answers 503 until it is up.
+        await pool.open(wait=False)
+        app.state.pool = pool
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    app = FastAPI(
+        title="silobreak",
+        summary="Telemetry from a city's shared sensors, governed across its services.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _malformed)  # type: ignore[arg-type]
+    app.add_exception_handler(PoolTimeout, _unavailable)
+    app.add_exception_handler(psycopg.OperationalError, _unavailable)
+    app.include_router(devices_api.router)
+    app.add_api_route("/healthz", _healthz, methods=["GET"], tags=["health"])
+    return app
+
+
+async def _healthz(request: Request) -> JSONResponse:
+    """200 when the store answers, else 503."""
+    try:
+        async with request.app.state.pool.connection() as conn:
+            await conn.execute("SELECT 1")
+    except (PoolTimeout, psycopg.Error) as exc:
+        return _body(UNAVAILABLE, "store_unavailable", _first_line(exc))
+    return JSONResponse({"status": "ok"})
+
+
+async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+    return _body(exc.status, exc.reason, exc.detail, exc.headers)
+
+
+async def _malformed(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return _body(422, "malformed_request", problems)
+
+
+async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("store unavailable: %s", _first_line(exc))
+    return _body(UNAVAILABLE, "store_unavailable", "the store cannot be reached; retry later")
+
+
+def _body(
+    status: int, reason: str, detail: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        jsonable_encoder({"reason": reason, "detail": detail}), status, headers=headers
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
