@@ -140,8 +140,9 @@ def test_readings_taken_while_the_broker_is_down_arrive_later_with_their_origina
             for topic, payload, received_at in list(subscriber.received)
             if topic.endswith("/telemetry") and received_at >= back_at and _stamp(payload) < back_at
         ]
-        # Each reading from the outage arrives after it, stamped with when it was taken.
-        assert len(backfilled) >= 30
+        # Readings from the outage arrive after it, stamped with when they were taken (that
+        # none is missing is checked above; how many fall on which side of `back_at` depends
+        # on scheduling, so only their presence is asserted here).
         assert any(cut_at <= _stamp(payload) < back_at for payload in backfilled)
     finally:
         runner.stop()
