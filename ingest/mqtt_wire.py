@@ -1,4 +1,4 @@
-"""A lean asyncio MQTT 5.0 client: wire codec, ack-later subscriber and pipelining publisher."""
+"""A lean asyncio MQTT 5.0 client: an ack-later subscriber and a pipelining publisher."""
 
 from __future__ import annotations
 
@@ -6,503 +6,65 @@ import asyncio
 import logging
 import random
 import ssl as _ssl
-import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from itertools import islice
-from typing import Final, NamedTuple, TypeVar, cast
-from urllib.parse import unquote, urlsplit
+from typing import TypeVar, cast
 
-from ingest.errors import IngestError
+from ingest.mqtt_codec import (
+    _V3_CONNACK_NAMES,
+    BACKOFF_FIRST_S,
+    BACKOFF_MAX_S,
+    CONNECT_TIMEOUT_S,
+    MAX_PACKET_ID,
+    PINGREQ,
+    PUBLISH_CHUNK,
+    RECEIVE_MAXIMUM,
+    SESSION_EXPIRY_S,
+    BadMqttUrl,
+    BrokerUnreachable,
+    ConnAck,
+    ConnectionRefused,
+    Disconnect,
+    MqttConnectionLost,
+    MqttError,
+    MqttProtocolError,
+    MqttUrl,
+    Packet,
+    PacketReader,
+    PingResp,
+    PubAck,
+    Publish,
+    PublishRejected,
+    SubAck,
+    SubscriptionRefused,
+    Will,
+    _redact,
+    encode_connect,
+    encode_disconnect,
+    encode_pubacks,
+    encode_publish,
+    encode_subscribe,
+    reason_name,
+)
+
+# The client API, and the codec names its callers need, importable from here.
+__all__ = [
+    "BadMqttUrl",
+    "BrokerUnreachable",
+    "ConnectionRefused",
+    "MqttConnectionLost",
+    "MqttError",
+    "MqttProtocolError",
+    "MqttPublisher",
+    "MqttSubscriber",
+    "MqttUrl",
+    "PublishRejected",
+    "SubscriptionRefused",
+    "Will",
+]
 
 logger = logging.getLogger(__name__)
-
-# IANA ports for MQTT and MQTT over TLS.
-DEFAULT_PORT: Final = 1883
-DEFAULT_TLS_PORT: Final = 8883
-# Packet identifiers are 16-bit and never 0 (MQTT 5.0 §2.2.1).
-MAX_PACKET_ID: Final = 65535
-# The largest value a four-byte Variable Byte Integer holds (§1.5.5).
-MAX_REMAINING_LENGTH: Final = 268_435_455
-# A broker that has not accepted TCP or answered CONNECT/SUBSCRIBE by then is not coming.
-CONNECT_TIMEOUT_S: Final = 10.0
-# Reconnect backoff: the first retry comes soon after a network blip; the cap means a broker
-# that is back is found within 5 s; each delay is drawn from its upper half so that ingestors
-# do not reconnect in lockstep.
-BACKOFF_FIRST_S: Final = 0.2
-BACKOFF_MAX_S: Final = 5.0
-# How long the broker keeps a gone subscriber's session and queue: readings older than the
-# ingestor's default accepted window (7 days) would be rejected anyway.
-SESSION_EXPIRY_S: Final = 7 * 24 * 3600
-# Unacknowledged QoS 1 messages the broker may send us: with ack-after-commit, throughput is
-# this window over commit latency; 20,000 covers 25k msg/s with commits of up to 0.8 s.
-# Mosquitto 2.0.11 holds to it only until the first PUBACK: each PUBACK then releases up to
-# this many queued messages (measured), so pause_reading() is what bounds our memory.
-RECEIVE_MAXIMUM: Final = 20_000
-# Publisher writes of up to this many pre-encoded packets (~190 KiB of 150-byte messages): one
-# syscall per thousand messages, without encoding far ahead of what the socket takes.
-PUBLISH_CHUNK: Final = 1024
-# A short-form PUBACK (§3.4.2.1) is 0x40 0x02 id_hi id_lo: one big-endian 32-bit word per id.
-_PUBACK_WORD: Final = 0x4002_0000
-
-# The whole PINGREQ packet: type 12, remaining length 0 (§3.12).
-PINGREQ: Final = b"\xc0\x00"
-
-# Reason codes (§2.4) as readable names; 0x00 also means "granted QoS 0" and "normal".
-REASON_NAMES: Final[dict[int, str]] = {
-    0x00: "success", 0x01: "granted QoS 1", 0x02: "granted QoS 2",
-    0x04: "disconnect with will message", 0x10: "no matching subscribers",
-    0x80: "unspecified error", 0x81: "malformed packet", 0x82: "protocol error",
-    0x83: "implementation specific error", 0x84: "unsupported protocol version",
-    0x85: "client identifier not valid", 0x86: "bad user name or password",
-    0x87: "not authorized", 0x88: "server unavailable", 0x89: "server busy", 0x8A: "banned",
-    0x8B: "server shutting down", 0x8C: "bad authentication method",
-    0x8D: "keep alive timeout", 0x8E: "session taken over", 0x8F: "topic filter invalid",
-    0x90: "topic name invalid", 0x91: "packet identifier in use",
-    0x93: "receive maximum exceeded", 0x94: "topic alias invalid", 0x95: "packet too large",
-    0x96: "message rate too high", 0x97: "quota exceeded", 0x98: "administrative action",
-    0x99: "payload format invalid", 0x9A: "retain not supported", 0x9B: "QoS not supported",
-    0x9C: "use another server", 0x9D: "server moved",
-    0x9E: "shared subscriptions not supported", 0x9F: "connection rate exceeded",
-    0xA0: "maximum connect time", 0xA1: "subscription identifiers not supported",
-    0xA2: "wildcard subscriptions not supported",
-}  # fmt: skip
-# A broker that speaks only MQTT 3.1.1 answers our CONNECT with a 3.1.1 return code.
-_V3_CONNACK_NAMES: Final = {
-    1: "unsupported protocol version (the broker speaks only MQTT 3.1.1 or older)",
-    2: "client identifier not valid", 3: "server unavailable",
-    4: "bad user name or password", 5: "not authorized",
-}  # fmt: skip
-# CONNACK codes (v5 and 3.1.1) that a wrong user name or password earns; Mosquitto 2.0
-# answers both a bad password and a missing one with 0x87.
-_CREDENTIAL_CODES: Final = frozenset({0x86, 0x87, 0x8C, 4, 5})
-
-
-def reason_name(code: int) -> str:
-    return REASON_NAMES.get(code, f"reason code 0x{code:02X}")
-
-
-# -- errors ---------------------------------------------------------------------------------
-
-
-class MqttError(IngestError):
-    """Something went wrong talking MQTT to the broker."""
-
-
-class BadMqttUrl(MqttError):
-    """An MQTT URL that cannot be used; the message says what to write instead."""
-
-
-class BrokerUnreachable(MqttError):
-    """No TCP/TLS connection to the broker (refused, timed out, DNS, certificate)."""
-
-
-class ConnectionRefused(MqttError):
-    """The broker answered CONNECT with a failure reason code."""
-
-    def __init__(
-        self, reason_code: int, reason_name: str, *, broker: str = "", client_id: str = ""
-    ) -> None:
-        self.reason_code = reason_code
-        self.reason_name = reason_name
-        who = f"MQTT broker {broker}".rstrip()
-        whom = f" client {client_id!r}" if client_id else " the connection"
-        hint = "; check the user name and password" if reason_code in _CREDENTIAL_CODES else ""
-        super().__init__(
-            f"{who} refused{whom}: {reason_name} (reason code 0x{reason_code:02X}){hint}"
-        )
-
-
-class SubscriptionRefused(MqttError):
-    """The broker refused one topic filter of a SUBSCRIBE."""
-
-    def __init__(self, topic_filter: str, reason_code: int) -> None:
-        self.topic_filter = topic_filter
-        self.reason_code = reason_code
-        super().__init__(
-            f"MQTT broker refused the subscription to {topic_filter!r}: "
-            f"{reason_name(reason_code)} (reason code 0x{reason_code:02X})"
-        )
-
-
-class PublishRejected(MqttError):
-    """The broker answered QoS 1 publishes with a failure PUBACK."""
-
-
-class MqttConnectionLost(MqttError):
-    """The connection to the broker ended (network, keepalive, or a DISCONNECT from it)."""
-
-
-class MqttProtocolError(MqttError):
-    """The broker sent bytes that are not MQTT 5.0 as this client speaks it."""
-
-
-# -- URL --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MqttUrl:
-    """`mqtt://user:pass@host:port` or `mqtts://...` (TLS), parsed."""
-
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls: bool = False
-
-    @classmethod
-    def parse(cls, url: str) -> MqttUrl:
-        shown = _redact(url)
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
-            raise BadMqttUrl(f"MQTT URL {shown!r}: {exc}") from exc
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise BadMqttUrl(f"MQTT URL {shown!r}: write mqtt://host:port or mqtts://host:port")
-        if not parts.hostname:
-            raise BadMqttUrl(f"MQTT URL {shown!r} names no host: write mqtt://host:port")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise BadMqttUrl(f"MQTT URL {shown!r}: a path, query or fragment has no meaning")
-        tls = parts.scheme == "mqtts"
-        return cls(
-            host=parts.hostname,
-            port=port or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT),
-            username=None if parts.username is None else unquote(parts.username),
-            password=None if parts.password is None else unquote(parts.password),
-            tls=tls,
-        )
-
-
-def _redact(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
-
-
-# -- encoding -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Will:
-    """The message the broker publishes when this client vanishes (§3.1.2.5)."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
-
-
-def encode_connect(
-    client_id: str,
-    *,
-    username: str | None = None,
-    password: str | None = None,
-    keepalive: int = 60,
-    clean_start: bool = True,
-    session_expiry: int = 0,
-    receive_maximum: int = MAX_PACKET_ID,
-    will: Will | None = None,
-) -> bytes:
-    if not 1 <= receive_maximum <= MAX_PACKET_ID:  # 0 is a protocol error (§3.1.2.11.3)
-        raise ValueError(f"receive_maximum must be 1..65535, not {receive_maximum}")
-    # Receive Maximum is sent even at 65535, its default when absent (§3.1.2.11.3): Mosquitto
-    # 2.0.11 gives a client that omits it max_inflight_messages (default 20) instead.
-    props = b"\x21" + struct.pack(">H", receive_maximum)
-    if session_expiry:
-        props += b"\x11" + struct.pack(">I", session_expiry)
-    flags = clean_start << 1
-    tail = [_string(client_id)]
-    if will is not None:
-        flags |= 0x04 | (will.qos << 3) | (will.retain << 5)
-        tail += [b"\x00", _string(will.topic), _binary(will.payload)]  # no will properties
-    if username is not None:
-        flags |= 0x80
-        tail.append(_string(username))
-    if password is not None:
-        flags |= 0x40
-        tail.append(_binary(password.encode()))
-    head = b"\x00\x04MQTT\x05" + struct.pack(">BH", flags, keepalive) + _vbi(len(props)) + props
-    return _packet(0x10, head + b"".join(tail))
-
-
-def encode_subscribe(packet_id: int, topic_filters: Sequence[str], *, qos: int = 1) -> bytes:
-    # Retain Handling 1 (§3.8.3.1): retained messages only for a new subscription, so a
-    # resubscribe after reconnect does not deliver them a second time.
-    options = bytes((qos | 0x10,))
-    body = [struct.pack(">HB", packet_id, 0)]
-    body += [_string(f) + options for f in topic_filters]
-    return _packet(0x82, b"".join(body))
-
-
-def encode_publish(
-    topic: str,
-    payload: bytes,
-    *,
-    qos: int = 0,
-    retain: bool = False,
-    dup: bool = False,
-    packet_id: int = 0,
-) -> bytes:
-    name = topic.encode()
-    if qos:
-        if not 0 < packet_id <= MAX_PACKET_ID or qos != 1:
-            raise ValueError(f"QoS 1 needs a packet id 1..65535 (QoS {qos}, id {packet_id})")
-        var = struct.pack(">H", len(name)) + name + struct.pack(">HB", packet_id, 0)
-    else:
-        var = struct.pack(">H", len(name)) + name + b"\x00"
-    first = 0x30 | (dup << 3) | (qos << 1) | retain
-    return bytes((first,)) + _vbi(len(var) + len(payload)) + var + payload
-
-
-def encode_pubacks(packet_ids: Iterable[int]) -> bytes:
-    """PUBACKs (success, short form) for many packet ids as one buffer; id 0 (QoS 0) is skipped."""
-    words = [_PUBACK_WORD | pid for pid in packet_ids if pid]
-    if words and (min(words) <= _PUBACK_WORD or max(words) > _PUBACK_WORD | MAX_PACKET_ID):
-        raise ValueError("packet ids must be 1..65535")
-    return struct.pack(f">{len(words)}I", *words)
-
-
-def encode_disconnect(reason_code: int = 0) -> bytes:
-    return b"\xe0\x00" if reason_code == 0 else bytes((0xE0, 1, reason_code))
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes((first,)) + _vbi(len(body)) + body
-
-
-def _vbi(value: int) -> bytes:
-    if value < 0x80:
-        return bytes((value,))
-    if value > MAX_REMAINING_LENGTH:
-        raise ValueError(f"{value} bytes is over the MQTT limit of {MAX_REMAINING_LENGTH}")
-    out = bytearray()
-    while value:
-        value, digit = divmod(value, 0x80)
-        out.append(digit | (0x80 if value else 0))
-    return bytes(out)
-
-
-def _string(text: str) -> bytes:
-    return _binary(text.encode())
-
-
-def _binary(data: bytes) -> bytes:
-    if len(data) > 0xFFFF:
-        raise ValueError(f"a {len(data)}-byte field is over the MQTT limit of 65535")
-    return struct.pack(">H", len(data)) + data
-
-
-# -- parsing ----------------------------------------------------------------------------------
-
-
-class Publish(NamedTuple):
-    packet_id: int  # 0 for QoS 0
-    topic: str
-    payload: bytes
-    qos: int
-    dup: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ConnAck:
-    session_present: bool
-    reason_code: int
-    receive_maximum: int = MAX_PACKET_ID
-    assigned_client_id: str | None = None
-    server_keep_alive: int | None = None
-    reason_string: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SubAck:
-    packet_id: int
-    reason_codes: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class PubAck:
-    packet_id: int
-    reason_code: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class PingResp:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Disconnect:
-    reason_code: int
-    reason_string: str | None = None
-
-
-Packet = Publish | ConnAck | SubAck | PubAck | PingResp | Disconnect
-
-
-class PacketReader:
-    """Cuts the byte stream from a broker into packets; a partial packet waits for more bytes."""
-
-    __slots__ = ("_held", "_held_len", "_need")
-
-    def __init__(self) -> None:
-        self._held: list[bytes] = []  # the start of an incomplete packet, in pieces
-        self._held_len = 0
-        self._need = 0  # bytes the incomplete packet needs before parsing is worth trying
-
-    def feed(self, data: bytes) -> list[Packet]:
-        if self._held:
-            # Joined only once the packet is complete: a large packet arriving in many reads
-            # is copied once, not once per read.
-            self._held.append(data)
-            self._held_len += len(data)
-            if self._held_len < self._need:
-                return []
-            data = b"".join(self._held)
-            self._held = []
-        packets, used, self._need = _cut(data)
-        if used < len(data):
-            self._held = [data[used:]]
-            self._held_len = len(data) - used
-        return packets
-
-
-def _cut(data: bytes) -> tuple[list[Packet], int, int]:
-    """The whole packets at the start of `data`, the bytes they use, and how many bytes the
-    incomplete packet after them needs before it can be parsed."""
-    packets: list[Packet] = []
-    new_tuple = tuple.__new__
-    size = len(data)
-    i = 0
-    try:
-        while True:
-            need = size - i + 1
-            if need < 3:  # fewer than the 2 bytes of the shortest fixed header
-                break
-            first = data[i]
-            length = data[i + 1]
-            start = i + 2
-            if length & 0x80:
-                if i + 2 < size and data[i + 2] < 0x80:  # two bytes: 128 B to 16 KiB, inline
-                    length = (length & 0x7F) | (data[i + 2] << 7)
-                    start = i + 3
-                else:
-                    length, start = _read_vbi(data, i + 1)
-                    if length < 0:
-                        break
-            end = start + length
-            if end > size:
-                need = end - i
-                break
-            if first >> 4 == 3:  # PUBLISH, inline: this loop runs for every message
-                qos = (first >> 1) & 3
-                k = start + 2 + ((data[start] << 8) | data[start + 1])
-                topic = data[start + 2 : k].decode()
-                packet_id = 0
-                if qos:
-                    packet_id = (data[k] << 8) | data[k + 1]
-                    k += 2
-                props = data[k]
-                if props < 0x80:
-                    k += 1 + props
-                else:
-                    props, k = _read_vbi(data, k)
-                    k += props
-                if k > end or qos == 3 or props < 0:
-                    raise MqttProtocolError(f"malformed PUBLISH on {topic!r} from the broker")
-                # tuple.__new__ skips NamedTuple's Python-level __new__: 130 ns, not 320.
-                fields = (packet_id, topic, data[k:end], qos, bool(first & 0x08))
-                packets.append(new_tuple(Publish, fields))
-            else:
-                packets.append(_parse_control(first, data, start, end))
-            i = end
-    except (IndexError, UnicodeDecodeError, struct.error) as exc:
-        raise MqttProtocolError(f"malformed packet from the broker: {exc}") from exc
-    return packets, i, need
-
-
-def _parse_control(first: int, data: bytes, start: int, end: int) -> Packet:
-    kind = first >> 4
-    if kind == 4:  # PUBACK; reason code and properties may be omitted (§3.4.2.1)
-        code = data[start + 2] if end - start > 2 else 0
-        return PubAck((data[start] << 8) | data[start + 1], code)
-    if kind == 2:  # CONNACK; a 3.1.1 broker sends just flags and a return code
-        props = _parse_properties(data, start + 2, end)[0] if end - start > 2 else {}
-        return ConnAck(
-            session_present=bool(data[start] & 1),
-            reason_code=data[start + 1],
-            receive_maximum=cast(int, props.get(0x21, MAX_PACKET_ID)),
-            assigned_client_id=cast("str | None", props.get(0x12)),
-            server_keep_alive=cast("int | None", props.get(0x13)),
-            reason_string=cast("str | None", props.get(0x1F)),
-        )
-    if kind == 9:  # SUBACK
-        k = _parse_properties(data, start + 2, end)[1]
-        return SubAck((data[start] << 8) | data[start + 1], tuple(data[k:end]))
-    if kind == 13:
-        return PingResp()
-    if kind == 14:  # DISCONNECT from the server
-        props = _parse_properties(data, start + 1, end)[0] if end - start > 1 else {}
-        code = data[start] if end > start else 0
-        return Disconnect(code, cast("str | None", props.get(0x1F)))
-    raise MqttProtocolError(f"unexpected MQTT packet type {kind} from the broker")
-
-
-# Property identifier -> how its value is encoded (§2.2.2.2): 1/2/4-byte integer,
-# variable byte integer, UTF-8 string, binary data, or a string pair.
-_PROPERTY_KINDS: Final = {
-    0x01: "1", 0x02: "4", 0x03: "s", 0x08: "s", 0x09: "b", 0x0B: "v", 0x11: "4", 0x12: "s",
-    0x13: "2", 0x15: "s", 0x16: "b", 0x17: "1", 0x18: "4", 0x19: "1", 0x1A: "s", 0x1C: "s",
-    0x1F: "s", 0x21: "2", 0x22: "2", 0x23: "2", 0x24: "1", 0x25: "1", 0x26: "p", 0x27: "4",
-    0x28: "1", 0x29: "1", 0x2A: "1",
-}  # fmt: skip
-
-
-def _parse_properties(data: bytes, i: int, end: int) -> tuple[dict[int, int | str | bytes], int]:
-    """Properties starting at `i` (their length first) and the index after them."""
-    length, i = _read_vbi(data, i)
-    stop = i + length
-    if length < 0 or stop > end:
-        raise MqttProtocolError("malformed properties from the broker")
-    props: dict[int, int | str | bytes] = {}
-    while i < stop:
-        ident, kind = data[i], _PROPERTY_KINDS.get(data[i])
-        i += 1
-        if kind is None:
-            raise MqttProtocolError(f"unknown MQTT property 0x{ident:02X} from the broker")
-        if kind in "124":
-            props[ident] = int.from_bytes(data[i : i + int(kind)], "big")
-            i += int(kind)
-        elif kind == "v":
-            props[ident], i = _read_vbi(data, i)
-        elif kind == "p":  # a user property (a string pair): nothing here needs one
-            i = _skip_field(data, _skip_field(data, i))
-        else:
-            value = data[i + 2 : _skip_field(data, i)]
-            props[ident] = value if kind == "b" else value.decode()
-            i += 2 + len(value)
-    return props, stop
-
-
-def _skip_field(data: bytes, i: int) -> int:
-    """The index after the length-prefixed string or binary field at `i`."""
-    return i + 2 + ((data[i] << 8) | data[i + 1])
-
-
-def _read_vbi(data: bytes, i: int) -> tuple[int, int]:
-    """A Variable Byte Integer at `i` and the index after it; (-1, i) when data ends inside it."""
-    value = 0
-    for n in range(4):
-        if i + n >= len(data):
-            return -1, i
-        digit = data[i + n]
-        value |= (digit & 0x7F) << (7 * n)
-        if digit < 0x80:
-            return value, i + n + 1
-    raise MqttProtocolError("a variable byte integer longer than 4 bytes from the broker")
 
 
 # -- connections ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
 import pytest
@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ingest.mqtt_wire import (
+from ingest.mqtt_codec import (
     BadMqttUrl,
     BrokerUnreachable,
     ConnAck,
@@ -27,8 +27,6 @@ from ingest.mqtt_wire import (
     Disconnect,
     MqttError,
     MqttProtocolError,
-    MqttPublisher,
-    MqttSubscriber,
     MqttUrl,
     PacketReader,
     PingResp,
@@ -42,7 +40,9 @@ from ingest.mqtt_wire import (
     encode_publish,
     encode_subscribe,
 )
+from ingest.mqtt_wire import MqttPublisher, MqttSubscriber
 from silobreak.local import LocalMosquitto, free_port
+from tests.support.proxy import Proxy
 
 T = TypeVar("T")
 # Generous for a loaded CI machine; a healthy local broker answers in milliseconds.
@@ -276,66 +276,6 @@ class Received:
     @property
     def payloads(self) -> list[bytes]:
         return [m[2] for m in self.messages]
-
-
-class Proxy:
-    """A TCP relay to the broker whose connections a test can cut or freeze, as a network can."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self._live: list[asyncio.Transport] = []
-        self._relays: set[asyncio.Task[Any]] = set()
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> Proxy:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for relay in self._relays:
-            relay.cancel()
-        await asyncio.gather(*self._relays, return_exceptions=True)
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def cut(self) -> None:
-        """Reset the current connections (both ends see the connection drop)."""
-        for transport in self._live:
-            transport.abort()
-        self._live.clear()
-
-    def freeze(self) -> None:
-        """Stop relaying on the current connections: a peer gone without a FIN or RST."""
-        for transport in self._live:
-            transport.pause_reading()
-        self._live.clear()
-
-    async def _relay(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._relays.add(task)
-        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self._live += [cast(asyncio.Transport, w.transport) for w in (down_w, up_w)]
-        try:
-            await asyncio.gather(pump(down_r, up_w), pump(up_r, down_w))
-        except (OSError, asyncio.CancelledError):
-            pass
-        finally:
-            for writer in (down_w, up_w):
-                writer.transport.abort()
-
-
-async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while data := await reader.read(65536):
-        writer.write(data)
-        await writer.drain()
-    writer.transport.abort()
 
 
 @pytest.fixture(scope="module")
