@@ -292,4 +292,4 @@ def _emit(header: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> Non
 
 
 # Commands defined in their own modules register themselves on `main` when imported.
-from silobreak import cli_identity, cli_run  # noqa: E402, F401
+from silobreak import cli_identity, cli_run, cli_streams  # noqa: E402, F401

@@ -138,11 +138,12 @@ def streams(ctx: click.Context) -> None:
     import uvicorn  # noqa: PLC0415 - keeps `--help` fast
 
     from streams.api import create_app  # noqa: PLC0415
+    from streams.routes import include_all  # noqa: PLC0415
 
     settings = _settings(ctx)
-    uvicorn.run(
-        create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info"
-    )
+    app = create_app(settings)
+    include_all(app, settings)  # grants, subscriptions, history, audit and the live gateway
+    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="info")
 
 
 @bench.command("import")

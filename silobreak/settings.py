@@ -102,6 +102,40 @@ class Settings(BaseSettings):
     # The bearer token `silobreak subscribe` and `silobreak grants` send to SILOBREAK_API_URL.
     api_token: str | None = None
 
+    # -- store upkeep, backfill and the InfluxDB mirror; see docs/store.md -----------------
+    # How often `silobreak maintain --watch` refreshes the plain backend's rollups and
+    # applies retention: rollups lag raw rows by at most this (reads above the watermark
+    # aggregate raw rows meanwhile), and refreshing 30 s of a city's writes takes a few ms.
+    maintenance_interval: Duration = timedelta(seconds=30)
+    # Reading times newer than this may still be in flight when a refresh runs; plain reads
+    # aggregate them from raw rows (TimescaleDB's 1-minute policy has the same end_offset).
+    rollup_settle: Duration = timedelta(minutes=2)
+    # "unnest" only for servers without COPY FROM STDIN (the PGlite TimescaleDB test server).
+    store_insert_mode: Literal["copy", "unnest"] = "copy"
+    # Messages per bulk-load transaction: COPY's per-statement cost vanishes at this size,
+    # and a failed batch is still cheap to redo.
+    backfill_batch_size: int = Field(default=50_000, ge=1, le=1_000_000)
+    # The InfluxDB 2 mirror, off while influx_url is unset. `{service}` in the bucket name is
+    # the owning service: a bucket per service, so InfluxDB's own retention and tokens can
+    # follow each service too.
+    influx_url: str | None = None
+    influx_token: str = ""
+    influx_org: str = "silobreak"
+    influx_bucket: str = "silobreak-{service}"
+    # Points per write request: InfluxDB's recommended batch size.
+    influx_batch_size: int = Field(default=5000, ge=1, le=100_000)
+    # How often the mirror looks for newly committed rows once it has caught up.
+    influx_interval: Duration = timedelta(seconds=1)
+    # One write request's limit; a slower server counts as down and the batch is retried.
+    influx_timeout: Duration = timedelta(seconds=10)
+
+    # -- reliability: dead connections and dead letters; see docs/reliability.md ----------
+    # A database call (connect, batch, registry or presence query) not answered by then
+    # fails and is retried on a new connection: a silent link must not hang ingest forever.
+    store_timeout: Duration = timedelta(seconds=15)
+    # How long dead letters are kept; `silobreak rejects expire` deletes older ones.
+    rejects_retention: Duration = timedelta(days=30)
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -50,7 +50,7 @@ def test_migrate_is_idempotent_and_matches_the_catalog(db_url: str) -> None:
                 r[0]
                 for r in conn.execute(
                     "SELECT column_name FROM information_schema.columns"
-                    " WHERE table_name = %s ORDER BY ordinal_position",
+                    " WHERE table_schema = 'public' AND table_name = %s ORDER BY ordinal_position",
                     (table.name,),
                 )
             ]

@@ -1,0 +1,208 @@
+"""`silobreak grants ...`, `silobreak subscribe` and `silobreak bench fanout`, over the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import click
+
+from silobreak.cli import _emit, _settings, bench, main
+from silobreak.settings import Settings, SettingsError, parse_duration
+
+T = TypeVar("T")
+_GRANT_COLUMNS = ("id", "status", "owner", "consumer", "device_types", "metrics", "districts",
+                  "granularity", "interval_s", "pool", "expires_at", "purpose")  # fmt: skip
+
+
+def _call(ctx: click.Context, token: str | None, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work(client)` against SILOBREAK_API_URL; an API refusal is one line."""
+    from streams.client import ClientError, StreamsClient  # noqa: PLC0415 - keeps --help fast
+
+    settings: Settings = _settings(ctx)
+    bearer = token or settings.api_token
+    if not bearer:
+        raise SettingsError("no API token: pass --token or set SILOBREAK_API_TOKEN")
+
+    async def go() -> T:
+        async with StreamsClient(settings.api_url, bearer) as client:
+            return await work(client)
+
+    try:
+        return asyncio.run(go())
+    except ClientError as exc:
+        raise click.ClickException(f"{exc.status} {exc.reason}: {exc.detail}") from None
+    except OSError as exc:
+        raise click.ClickException(f"API {settings.api_url} unreachable: {exc}") from None
+
+
+_token = click.option("--token", help="API bearer token (default: SILOBREAK_API_TOKEN).")
+
+
+@main.group()
+def grants() -> None:
+    """Grant, request, approve, refuse, revoke and list access to streams."""
+
+
+@grants.command("list")
+@_token
+@click.option("--status", type=click.Choice(["requested", "active", "refused", "revoked",
+                                             "expired"]))  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.pass_context
+def grants_list(ctx: click.Context, token: str | None, status: str | None, fmt: str) -> None:
+    """Grants you own or hold (all of them, for the coordinator)."""
+    found = _call(ctx, token, lambda c: c.grants(status))
+    _emit(_GRANT_COLUMNS, [[_cell(g[k]) for k in _GRANT_COLUMNS] for g in found], fmt)
+
+
+@grants.command("create")
+@_token
+@click.option("--owner", required=True, help="The service whose data it is (you, to grant).")
+@click.option("--consumer", required=True, help="The service or team that may read.")
+@click.option("--type", "device_types", multiple=True, required=True, help="Device type(s).")
+@click.option("--metric", "metrics", multiple=True, help="Metric(s); default: all.")
+@click.option("--district", "districts", multiple=True, help="District(s); default: all.")
+@click.option("--aggregate", "interval", help="Aggregates over this interval (15m) only.")
+@click.option(
+    "--pool",
+    type=click.Choice(["device", "district"]),
+    default="device",
+    show_default=True,
+    help="With --aggregate: per device or pooled per district.",
+)
+@click.option("--min-devices", type=click.IntRange(1), help="Pooled: at least this many.")
+@click.option("--purpose", required=True, help="Why (recorded with the grant).")
+@click.option("--expires", required=True, help="For how long (30d) or until (ISO time).")
+@click.pass_context
+def grants_create(
+    ctx: click.Context, token: str | None, owner: str, consumer: str,
+    device_types: tuple[str, ...], metrics: tuple[str, ...], districts: tuple[str, ...],
+    interval: str | None, pool: str, min_devices: int | None, purpose: str, expires: str,
+) -> None:  # fmt: skip
+    """Grant access to your service's data, or request it (as the consumer)."""
+    spec: dict[str, Any] = {
+        "owner": owner, "consumer": consumer, "device_types": list(device_types),
+        "metrics": list(metrics), "districts": list(districts) or None, "purpose": purpose,
+        "expires_at": _until(expires).isoformat(),
+        "granularity": "aggregate" if interval else "raw",
+    }  # fmt: skip
+    if interval:
+        spec.update(interval=interval, pool=pool, min_devices=min_devices)
+    grant = _call(ctx, token, lambda c: c.create_grant(**spec))
+    click.echo(f"grant {grant['id']}: {grant['status']}")
+
+
+def _decision(verb: str) -> None:
+    @grants.command(verb)
+    @_token
+    @click.argument("grant_id", type=click.IntRange(1))
+    @click.option("--note", default="", help="Why (recorded).")
+    @click.pass_context
+    def command(ctx: click.Context, token: str | None, grant_id: int, note: str) -> None:
+        grant = _call(ctx, token, lambda c: c.decide(grant_id, verb, note))
+        click.echo(f"grant {grant['id']}: {grant['status']}")
+
+    command.__doc__ = f"{verb.capitalize()} a grant (owner only)."
+
+
+for _verb in ("approve", "refuse", "revoke"):
+    _decision(_verb)
+
+
+@main.command()
+@_token
+@click.option("--grant", "grant_id", type=click.IntRange(1), help="Subscribe within this grant.")
+@click.option("--subscription", "subscription_id", help="Resume an existing SSE subscription.")
+@click.option("--type", "device_types", multiple=True)
+@click.option("--metric", "metrics", multiple=True)
+@click.option("--district", "districts", multiple=True)
+@click.option("--since", help="Replay history first: a duration back (1h) or an ISO time.")
+@click.option("--count", type=click.IntRange(1), help="Stop after this many readings.")
+@click.pass_context
+def subscribe(
+    ctx: click.Context, token: str | None, grant_id: int | None, subscription_id: str | None,
+    device_types: tuple[str, ...], metrics: tuple[str, ...], districts: tuple[str, ...],
+    since: str | None, count: int | None,
+) -> None:  # fmt: skip
+    """Print readings of a live subscription (SSE) as JSON lines, resuming after drops."""
+    if (grant_id is None) == (subscription_id is None):
+        raise click.UsageError("give --grant (a new subscription) or --subscription (resume)")
+    spec: dict[str, Any] = {}
+    if grant_id is not None:
+        spec = {"grant_id": grant_id, "device_types": list(device_types),
+                "metrics": list(metrics), "districts": list(districts)}  # fmt: skip
+        if since:
+            spec["since"] = _since(since).isoformat()
+
+    async def run(client: Any) -> None:
+        seen = 0
+        async for reading in client.subscribe(subscription_id=subscription_id, **spec):
+            click.echo(json.dumps(reading, default=str))
+            seen += 1
+            if count is not None and seen >= count:
+                return
+
+    from streams.client import SubscriptionEnded  # noqa: PLC0415
+
+    try:
+        _call(ctx, token, run)
+    except SubscriptionEnded as exc:
+        raise click.ClickException(f"subscription ended: {exc.reason}") from None
+    except KeyboardInterrupt:
+        return
+
+
+@bench.command("fanout")
+@click.option("--subscriptions", type=click.IntRange(1, 100), default=50, show_default=True)
+@click.option(
+    "--rate",
+    type=click.FloatRange(100, 100_000),
+    default=5000,
+    show_default=True,
+    help="Rows committed per second (each subscription is granted 1/N of them).",
+)
+@click.option("--seconds", type=click.FloatRange(1, 600), default=20, show_default=True)
+@click.option("--no-baseline", is_flag=True, help="Measure silobreak only.")
+def bench_fanout(subscriptions: int, rate: float, seconds: float, no_baseline: bool) -> None:
+    """Live fan-out: N subscriptions over a flow, p99 latency from commit, against a baseline."""
+    from silobreak.bench.fanout_bench import markdown, run_fanout_bench  # noqa: PLC0415
+
+    results = run_fanout_bench(
+        subscriptions=subscriptions, rate=rate, seconds=seconds, baseline=not no_baseline,
+        log=lambda line: click.echo(line, err=True),
+    )  # fmt: skip
+    click.echo(markdown(results))
+
+
+def _until(text: str) -> datetime:
+    try:
+        return datetime.now(UTC) + parse_duration(text)
+    except ValueError:
+        pass
+    return _iso(text, "--expires")
+
+
+def _since(text: str) -> datetime:
+    try:
+        return datetime.now(UTC) - parse_duration(text)
+    except ValueError:
+        return _iso(text, "--since")
+
+
+def _iso(text: str, option: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        msg = f"{text!r}: a duration (30d) or an ISO time"
+        raise click.BadParameter(msg, param_hint=option) from None
+    if at.tzinfo is None:
+        raise click.BadParameter(f"{text!r} needs a UTC offset", param_hint=option)
+    return at
+
+
+def _cell(value: Any) -> Any:
+    return ",".join(map(str, value)) if isinstance(value, list) else value

@@ -1,0 +1,209 @@
+"""A small Python client of the streams API: grants, history, and `async for` subscriptions.
+
+    async with StreamsClient("http://127.0.0.1:8080", token) as client:
+        async for reading in client.subscribe(grant_id=7, since=an_hour_ago):
+            ...
+
+A subscription resumes where it left off when the connection drops (SSE `Last-Event-ID`),
+and acknowledges its position as it goes, so a restarted consumer resumes there too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import httpx
+
+from streams.errors import StreamsError
+
+logger = logging.getLogger(__name__)
+
+# Reconnect backoff after a dropped stream: soon after a blip, at most every 10 s after.
+RECONNECT_FIRST_S: Final = 0.5
+RECONNECT_MAX_S: Final = 10.0
+# Longer than the server's 15 s heartbeat: silence past it means a dead connection.
+READ_TIMEOUT_S: Final = 45.0
+
+
+class ClientError(StreamsError):
+    """The API refused a request: `status`, and the server's `reason` and `detail`."""
+
+    def __init__(self, status: int, reason: str, detail: str) -> None:
+        super().__init__(f"{status} {reason}: {detail}")
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+
+
+class SubscriptionEnded(StreamsError):
+    """The server ended the feed: its grant was revoked or expired, or it was deleted."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"subscription ended: {reason}")
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One SSE `readings` event: the readings and the cursor that follows them."""
+
+    cursor: str
+    phase: str
+    readings: list[dict[str, Any]]
+
+
+class StreamsClient:
+    def __init__(self, base_url: str, token: str, *, timeout: float = 30.0) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+        )
+
+    async def __aenter__(self) -> StreamsClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def request(
+        self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+        body: Any = None,
+    ) -> Any:  # fmt: skip
+        """JSON in, JSON out; a ClientError for anything but a 2xx."""
+        response = await self._http.request(
+            method, path, params=_params(params), json=_jsonable(body)
+        )
+        _raise_for(response)
+        return None if response.status_code == 204 else response.json()
+
+    # -- grants ---------------------------------------------------------------------------
+
+    async def grants(self, status: str | None = None) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.request(
+            "GET", "/v1/grants", params={"status": status}
+        )
+        return result
+
+    async def create_grant(self, **spec: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("POST", "/v1/grants", body=spec)
+        return result
+
+    async def decide(self, grant_id: int, verb: str, note: str = "") -> dict[str, Any]:
+        """`verb`: approve, refuse or revoke."""
+        result: dict[str, Any] = await self.request(
+            "POST", f"/v1/grants/{grant_id}/{verb}", body={"note": note}
+        )
+        return result
+
+    # -- history --------------------------------------------------------------------------
+
+    async def history(self, **query: Any) -> AsyncIterator[dict[str, Any]]:
+        """Every reading (or aggregate) of the range, page after page."""
+        after = None
+        while True:
+            page = await self.request("GET", "/v1/history", params={**query, "after": after})
+            for reading in page["readings"]:
+                yield reading
+            after = page["next_after"]
+            if after is None:
+                return
+
+    # -- subscriptions --------------------------------------------------------------------
+
+    async def create_subscription(self, **spec: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("POST", "/v1/subscriptions", body=spec)
+        return result
+
+    async def ack(self, subscription_id: str, cursor: str) -> None:
+        await self.request(
+            "POST", f"/v1/subscriptions/{subscription_id}/ack", body={"cursor": cursor}
+        )
+
+    async def subscribe(
+        self, *, subscription_id: str | None = None, ack: bool = True, **spec: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Readings of a new SSE subscription (from `spec`) or an existing one, forever."""
+        if subscription_id is None:
+            created = await self.create_subscription(delivery="sse", **spec)
+            subscription_id = str(created["id"])
+        async for event in self.events(subscription_id, ack=ack):
+            for reading in event.readings:
+                yield reading
+
+    async def events(
+        self, subscription_id: str, *, cursor: str | None = None, ack: bool = True
+    ) -> AsyncIterator[Event]:
+        """SSE events; reconnects after a drop, resuming after the last event received."""
+        last = cursor
+        delay = RECONNECT_FIRST_S
+        while True:
+            try:
+                async for event in self._stream(subscription_id, last):
+                    delay = RECONNECT_FIRST_S
+                    yield event
+                    last = event.cursor
+                    if ack:
+                        await self.ack(subscription_id, last)
+            except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
+                logger.info("subscription %s: %s; reconnecting", subscription_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+
+    async def _stream(self, subscription_id: str, last: str | None) -> AsyncIterator[Event]:
+        headers = {"Last-Event-ID": last} if last else {}
+        timeout = httpx.Timeout(10.0, read=READ_TIMEOUT_S)
+        path = f"/v1/subscriptions/{subscription_id}/events"
+        async with self._http.stream("GET", path, headers=headers, timeout=timeout) as response:
+            if response.status_code >= 300:
+                await response.aread()
+                _raise_for(response)
+            fields: dict[str, str] = {}
+            async for line in response.aiter_lines():
+                if line:
+                    name, _, value = line.partition(":")
+                    if name:
+                        fields[name] = value.removeprefix(" ")
+                    continue
+                kind, data, event_id = fields.get("event"), fields.get("data"), fields.get("id")
+                fields = {}
+                if kind == "end":
+                    raise SubscriptionEnded(json.loads(data or "{}").get("reason", "ended"))
+                if kind == "readings" and data is not None and event_id is not None:
+                    body = json.loads(data)
+                    yield Event(event_id, body["phase"], body["readings"])
+        raise httpx.RemoteProtocolError("the server closed the event stream")
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 300:
+        return
+    try:
+        body = response.json()
+        reason, detail = str(body.get("reason")), str(body.get("detail"))
+    except ValueError:
+        reason, detail = "http_error", response.text[:200]
+    raise ClientError(response.status_code, reason, detail)
+
+
+def _params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: _jsonable(v) for k, v in (params or {}).items() if v is not None}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value

@@ -1,0 +1,303 @@
+"""A streams gateway: the live hub, the access audit buffer, and webhook and MQTT workers.
+
+Gateways are stateless: grants, subscriptions and cursors are in PostgreSQL. Each webhook or
+MQTT subscription is delivered by one gateway at a time, the one holding its advisory lock
+(released with the gateway's connection if it dies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Annotated, Any, Final
+
+import httpx
+import msgspec
+import psycopg
+from fastapi import Depends, Request
+
+from streams import audit, cursor, grants, subscriptions
+from streams.errors import ApiError
+from streams.live import Batch, Feed, FeedClosed, Hub
+from streams.mqtt_delivery import MqttDelivery, MqttDeliveryError
+from streams.scope import Grant
+from streams.subscriptions import Subscription
+from streams.webhooks import FeedGone, Retry, WebhookAbandoned, WebhookSender
+
+logger = logging.getLogger(__name__)
+
+ACTOR: Final = "streams"
+# How often delivery batches are written to the audit log: one INSERT for all of them.
+AUDIT_FLUSH_S: Final = 1.0
+# How often the gateway looks for webhook and MQTT subscriptions to take on, and expires
+# grants: a new subscription starts within this, and an expired grant is marked within it.
+SCAN_S: Final = 1.0
+# A failed MQTT publish is retried after this (the broker reconnecting).
+MQTT_RETRY_S: Final = 1.0
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamsConfig:
+    """What a gateway is configured with (silobreak.settings.Settings provides it)."""
+
+    database_url: str
+    mqtt_url: str | None = None
+    min_pool: int = 5
+    poll_interval: timedelta = timedelta(milliseconds=250)
+    aggregate_grace: timedelta = timedelta(seconds=5)
+    webhook_allow: tuple[str, ...] = ()
+    webhook_retry: Retry = field(
+        default_factory=lambda: Retry(
+            timedelta(milliseconds=500), timedelta(seconds=60), timedelta(days=1)
+        )
+    )
+
+    @classmethod
+    def from_settings(cls, s: Any) -> StreamsConfig:
+        return cls(
+            database_url=s.database_url,
+            mqtt_url=s.mqtt_url,
+            min_pool=s.streams_min_pool,
+            poll_interval=s.streams_poll_interval,
+            aggregate_grace=s.streams_aggregate_grace,
+            webhook_allow=tuple(s.streams_webhook_allow),
+            webhook_retry=Retry(
+                s.streams_webhook_backoff, s.streams_webhook_backoff_max, s.streams_webhook_give_up
+            ),
+        )
+
+
+def encode_batch(sub_id: str, batch: Batch) -> bytes:
+    """The JSON body of a webhook or MQTT delivery."""
+    return _ENCODER.encode(
+        {"subscription": sub_id, "cursor": batch.cursor, "phase": batch.phase,
+         "readings": batch.readings}
+    )  # fmt: skip
+
+
+class Gateway:
+    """Runs the hub and the deliveries of one process; opened and closed with the API."""
+
+    def __init__(self, config: StreamsConfig) -> None:
+        self.config = config
+        self.hub = Hub(
+            config.database_url,
+            poll_interval=config.poll_interval,
+            min_pool=config.min_pool,
+            aggregate_grace=config.aggregate_grace,
+        )
+        self._events: list[audit.Event] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._lease: psycopg.AsyncConnection[Any] | None = None
+        self._mqtt: MqttDelivery | None = None
+        self._http: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        self._http = httpx.AsyncClient()
+        self._tasks = [
+            asyncio.create_task(self.hub.run(self._stop), name="streams-hub"),
+            asyncio.create_task(self._flush_audit(), name="streams-audit"),
+            asyncio.create_task(self._supervise(), name="streams-deliveries"),
+        ]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._workers.values():
+            task.cancel()
+        await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._write_audit()
+        if self._lease is not None:
+            await self._lease.close()
+        if self._mqtt is not None:
+            await self._mqtt.close()
+        if self._http is not None:
+            await self._http.aclose()
+
+    def note(self, event: audit.Event) -> None:
+        """Buffer an audit event (delivery batches); written within AUDIT_FLUSH_S."""
+        self._events.append(event)
+
+    def delivered(self, feed: Feed, sub: Subscription, batch: Batch) -> None:
+        g = feed.grant
+        self.note(
+            audit.Event(
+                ACTOR, "delivery.batch", g.owner, g.consumer, g.id, sub.id,
+                len(batch.readings),
+                {"delivery": sub.delivery, "phase": batch.phase, "cursor": batch.cursor},
+            )
+        )  # fmt: skip
+
+    def feed(self, grant: Grant, sub: Subscription, position: str) -> Feed:
+        return Feed(
+            self.hub, grant, subscriptions.scopes(grant, sub), cursor.decode(position), name=sub.id
+        )
+
+    async def closed(self, g: Grant, sub: Subscription, reason: str) -> None:
+        """A feed ended by its grant: the subscription stops, on record."""
+        async with await psycopg.AsyncConnection.connect(
+            self.config.database_url, autocommit=True
+        ) as conn:
+            await subscriptions.stop(conn, sub.id, reason)
+        self.note(
+            audit.Event(ACTOR, "subscription.stop", g.owner, g.consumer, g.id, sub.id, 0,
+                        {"reason": reason})
+        )  # fmt: skip
+
+    async def _flush_audit(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(AUDIT_FLUSH_S):
+                    await self._stop.wait()
+            try:
+                await self._write_audit()
+            except psycopg.OperationalError as exc:
+                logger.warning("streams audit: store unavailable, kept for later: %s", exc)
+
+    async def _write_audit(self) -> None:
+        if not self._events:
+            return
+        events = self._events
+        async with await psycopg.AsyncConnection.connect(
+            self.config.database_url, autocommit=True
+        ) as conn:
+            await audit.record_many(conn, events)
+        del self._events[: len(events)]
+
+    async def _supervise(self) -> None:
+        """Take on webhook and MQTT subscriptions; expire grants that are due."""
+        while not self._stop.is_set():
+            try:
+                await self._scan()
+            except psycopg.OperationalError as exc:
+                logger.warning("streams deliveries: store unavailable: %s", exc)
+                if self._lease is not None:
+                    await self._lease.close()
+                self._lease = None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SCAN_S):
+                    await self._stop.wait()
+
+    async def _scan(self) -> None:
+        if self._lease is None or self._lease.closed:
+            self._lease = await psycopg.AsyncConnection.connect(
+                self.config.database_url, autocommit=True,
+                application_name="silobreak-streams-lease",
+            )  # fmt: skip
+            self._workers.clear()
+        conn = self._lease
+        await grants.expire_due(conn, actor=ACTOR)
+        wanted = {s.id: s for s in await subscriptions.for_delivery(conn)}
+        for sub_id, task in list(self._workers.items()):
+            if sub_id not in wanted or task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                del self._workers[sub_id]
+                await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (sub_id,))
+        for sub_id, sub in wanted.items():
+            if sub_id in self._workers:
+                continue
+            cur = await conn.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (sub_id,)
+            )
+            row = await cur.fetchone()
+            if row is not None and row[0]:
+                self._workers[sub_id] = asyncio.create_task(
+                    self._deliver(sub), name=f"streams-{sub.delivery}-{sub_id}"
+                )
+
+    async def _deliver(self, sub: Subscription) -> None:
+        async with await psycopg.AsyncConnection.connect(
+            self.config.database_url, autocommit=True, application_name="silobreak-streams-worker"
+        ) as conn:
+            grant = await grants.get(conn, sub.grant_id)
+            fresh = await subscriptions.for_delivery(conn)
+            position = next((s.cursor for s in fresh if s.id == sub.id), sub.cursor)
+            try:
+                if sub.delivery == "webhook":
+                    await self._webhook(conn, grant, sub, position)
+                else:
+                    await self._mqtt_deliver(conn, grant, sub, position)
+            except (FeedClosed, FeedGone) as exc:
+                reason = exc.reason if isinstance(exc, FeedClosed) else str(exc)
+                await self.closed(await grants.get(conn, sub.grant_id), sub, reason)
+            except WebhookAbandoned as exc:
+                logger.warning("%s", exc)
+                await subscriptions.stop(conn, sub.id, str(exc))
+
+    async def _webhook(
+        self, conn: psycopg.AsyncConnection[Any], grant: Grant, sub: Subscription, at: str
+    ) -> None:
+        assert self._http is not None
+        assert sub.webhook_url is not None
+        assert sub.secret is not None
+        sender = WebhookSender(
+            conn, self._http, subscription_id=sub.id, url=sub.webhook_url, secret=sub.secret,
+            retry=self.config.webhook_retry,
+        )  # fmt: skip
+        feed = self.feed(grant, sub, at)
+        pending = await sender.pending()
+        if pending is not None:
+            # Sent before a restart but never acknowledged: the same batch, the same key.
+            seq, body, at, _ = pending
+            await sender.send(seq, body, at, lambda: feed.closed)
+            feed = self.feed(grant, sub, at)
+        async for batch in _batches(feed):
+            if not batch.readings:
+                continue
+            body = encode_batch(sub.id, batch)
+            seq = await sender.record(body, batch.cursor, len(batch.readings))
+            await sender.send(seq, body, batch.cursor, lambda: feed.closed)
+            self.delivered(feed, sub, batch)
+
+    async def _mqtt_deliver(
+        self, conn: psycopg.AsyncConnection[Any], grant: Grant, sub: Subscription, at: str
+    ) -> None:
+        if self._mqtt is None:
+            if self.config.mqtt_url is None:
+                raise MqttDeliveryError("no MQTT broker configured for the streams gateway")
+            self._mqtt = MqttDelivery(self.config.mqtt_url)
+            await self._mqtt.connect()
+        assert sub.topic is not None
+        feed = self.feed(grant, sub, at)
+        async for batch in _batches(feed):
+            if not batch.readings:
+                continue
+            body = encode_batch(sub.id, batch)
+            while True:
+                if feed.closed is not None:
+                    raise FeedClosed(feed.closed)
+                try:
+                    await self._mqtt.publish(sub.topic, body)
+                    break
+                except MqttDeliveryError as exc:
+                    logger.warning("MQTT delivery %s: %s; retrying", sub.id, exc)
+                    await asyncio.sleep(MQTT_RETRY_S)
+            await conn.execute(
+                "UPDATE subscriptions SET cursor = %s, updated_at = now() WHERE id = %s",
+                (batch.cursor, sub.id),
+            )
+            self.delivered(feed, sub, batch)
+
+
+async def _batches(feed: Feed) -> AsyncIterator[Batch]:
+    async for batch in feed.batches():
+        yield batch
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway | None = getattr(request.app.state, "streams", None)
+    if gateway is None:
+        raise ApiError(503, "streams_not_started", "the streams gateway is not running")
+    return gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(_gateway)]

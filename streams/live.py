@@ -1,0 +1,461 @@
+"""Live delivery: one poll of the store per tick for every feed, and each feed's own replay.
+
+The hub runs one REPEATABLE READ transaction per tick: it takes the snapshot S_now, reads
+from each readings table the rows committed after its previous snapshot (one query per table
+for all feeds), checks the feeds' grants in the same snapshot, and hands each feed what its
+scope allows. A feed first replays history (rows committed before its start snapshot with
+time >= since), then catches up alone from its cursor to the hub's position, and joins the
+hub exactly there: no gap and no duplicate at either switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import psycopg
+from psycopg import sql
+
+from streams import cursor, history
+from streams.aggregate import AggregateKey, aggregates, key_of
+from streams.cursor import Live, Replay, Watermark
+from streams.scope import Grant, Scope
+
+logger = logging.getLogger(__name__)
+
+# Batches a feed may hold before the hub drops it to catch up on its own: ~25 s of ticks,
+# so a briefly slow consumer stays on the shared poll and a stuck one costs no memory.
+FEED_QUEUE: Final = 100
+# Rows per replay page: a page is one query and one delivered batch.
+REPLAY_PAGE: Final = 5000
+# How long a hub failure (the store down) waits before the next try.
+RETRY_S: Final = 1.0
+
+
+class FeedClosed(Exception):
+    """The feed's grant or subscription ended; `reason` says which (revoked, expired, ...)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Readings (or aggregates) and the cursor that follows them."""
+
+    readings: list[dict[str, Any]]
+    cursor: str
+    phase: str  # replay, live, aggregate
+
+
+class Feed:
+    """One subscription's batches, in commit order; iterate `batches()`."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        grant: Grant,
+        scopes: Sequence[Scope],
+        start: cursor.Cursor,
+        *,
+        name: str = "",
+    ) -> None:
+        self.hub = hub
+        self.grant = grant
+        self.scopes = tuple(scopes)
+        self.cursor = start
+        self.name = name
+        self.closed: str | None = None
+        self._queue: asyncio.Queue[Batch] = asyncio.Queue(FEED_QUEUE)
+        self._wake = asyncio.Event()
+        self.attached = False
+
+    @property
+    def is_aggregate(self) -> bool:
+        return self.grant.granularity == "aggregate"
+
+    async def batches(self) -> AsyncIterator[Batch]:
+        """Replay, catch up, then live batches until the grant ends (FeedClosed) or cancel."""
+        self.hub.watch(self)
+        try:
+            if self.is_aggregate:
+                async for batch in self._aggregates():
+                    yield batch
+                return
+            if isinstance(self.cursor, Replay):
+                async for batch in self._replay(self.cursor):
+                    yield batch
+            while True:
+                async for batch in self._catch_up():
+                    yield batch
+                async for batch in self._live():
+                    yield batch
+        finally:
+            self.hub.unwatch(self)
+
+    def close(self, reason: str) -> None:
+        """Stop at once: what is queued is not delivered."""
+        self.closed = reason
+        self.attached = False
+        self._wake.set()
+
+    def _check(self) -> None:
+        if self.closed is not None:
+            raise FeedClosed(self.closed)
+
+    async def _replay(self, start: Replay) -> AsyncIterator[Batch]:
+        at = start
+        for index in range(start.table, len(self.scopes)):
+            scope = self.scopes[index]
+            after = None
+            if index == at.table and at.time is not None:
+                after = history.RowKey(at.time, at.device_id)
+            while True:
+                self._check()
+                async with self.hub.connection() as conn:
+                    rows = await history.raw_page(
+                        conn, scope, start=start.since, end=None, after=after,
+                        limit=REPLAY_PAGE, committed_before=start.snapshot,
+                    )  # fmt: skip
+                self._check()
+                if not rows:
+                    break
+                after = history.RowKey(rows[-1][0], rows[-1][1])
+                at = Replay(start.snapshot, start.since, index, after.time, after.device_id)
+                self.cursor = at
+                yield Batch(history.explode(scope, rows), cursor.encode(at), "replay")
+        self.cursor = Live(start.snapshot)
+
+    async def _catch_up(self) -> AsyncIterator[Batch]:
+        """Read alone up to the hub's position, then hand the last stretch to the hub."""
+        assert isinstance(self.cursor, Live)
+        self._check()
+        target = await self.hub.position()
+        readings: list[dict[str, Any]] = []
+        async with self.hub.connection() as conn:
+            for scope in self.scopes:
+                rows = await history.committed_after(
+                    conn, scope, prev=self.cursor.snapshot, upto=target
+                )
+                readings += history.explode(scope, rows)
+        self._check()
+        self.cursor = Live(target)
+        # From `target` on, the hub reads for us within its own tick: nothing can slip
+        # between the end of this catch-up and the first shared batch.
+        self.attached = True
+        self.hub.join(self, target)
+        if readings:
+            yield Batch(readings, cursor.encode(self.cursor), "live")
+
+    async def _live(self) -> AsyncIterator[Batch]:
+        while self.attached or not self._queue.empty():
+            self._check()
+            if self._queue.empty():
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = self._queue.get_nowait()
+            self._check()
+            yield batch
+
+    def push(self, snap: str, readings: list[dict[str, Any]]) -> None:
+        """Called by the hub once a tick with what this feed may see of it."""
+        self.cursor = Live(snap)
+        if not readings:
+            return
+        try:
+            self._queue.put_nowait(Batch(readings, cursor.encode(self.cursor), "live"))
+        except asyncio.QueueFull:
+            # A consumer this far behind reads alone until it is near the hub again.
+            logger.info("feed %s fell behind; it catches up alone", self.name)
+            self.attached = False
+            self.cursor = self._last_queued()
+        self._wake.set()
+
+    def _last_queued(self) -> Live:
+        # The queue is full: its last batch's cursor is where the catch-up resumes.
+        last: Batch = self._queue._queue[-1]  # type: ignore[attr-defined]
+        found = cursor.decode(last.cursor)
+        assert isinstance(found, Live)
+        return found
+
+    async def _aggregates(self) -> AsyncIterator[Batch]:
+        grant = self.grant
+        assert grant.interval_s is not None
+        step = timedelta(seconds=grant.interval_s)
+        mark = self.cursor.until if isinstance(self.cursor, Watermark) else _now()
+        while True:
+            self._check()
+            due = _floor_to(_now() - self.hub.aggregate_grace, step)
+            if due > mark:
+                rows = [row async for page in self._aggregate_pages(mark, due) for row in page]
+                mark = due
+                self.cursor = Watermark(mark)
+                yield Batch(rows, cursor.encode(self.cursor), "aggregate")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.hub.poll_interval):
+                    await self._wake.wait()
+
+    async def _aggregate_pages(
+        self, start: datetime, end: datetime
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        for scope in self.scopes:
+            after: AggregateKey | None = None
+            while True:
+                async with self.hub.connection() as conn:
+                    rows = await aggregates(
+                        conn, scope, start=start, end=end, after=after, limit=REPLAY_PAGE,
+                        min_pool=self.hub.min_pool,
+                    )  # fmt: skip
+                self._check()
+                if not rows:
+                    break
+                after = key_of(rows[-1])
+                yield rows
+
+
+@dataclass
+class _Devices:
+    version: int = -1
+    # device_id -> (district, lat, lon, personal_data)
+    by_id: dict[str, tuple[str | None, float | None, float | None, bool]] = field(
+        default_factory=dict
+    )
+
+
+class Hub:
+    """The shared poller of one streams gateway."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        poll_interval: timedelta,
+        min_pool: int,
+        aggregate_grace: timedelta = timedelta(seconds=5),
+    ) -> None:
+        self.conninfo = conninfo
+        self.poll_interval = poll_interval.total_seconds()
+        self.min_pool = min_pool
+        self.aggregate_grace = aggregate_grace
+        self.current: str | None = None  # the snapshot every attached feed has been given
+        self.ticks = 0
+        self._watched: set[Feed] = set()
+        self._members: set[Feed] = set()
+        self._joining: dict[Feed, str] = {}
+        self._devices = _Devices()
+        self._moved = asyncio.Event()
+        self._poke = asyncio.Event()
+        self._on_tick: list[asyncio.Event] = []
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A short-lived connection for a feed's own reads (replay and catch-up)."""
+        conn = await psycopg.AsyncConnection.connect(
+            self.conninfo, autocommit=True, application_name="silobreak-streams-feed"
+        )
+        async with conn:
+            yield conn
+
+    def watch(self, feed: Feed) -> None:
+        """Check the feed's grant every tick from now on (also while it replays)."""
+        self._watched.add(feed)
+        self._poke.set()
+
+    def unwatch(self, feed: Feed) -> None:
+        self._watched.discard(feed)
+        self._members.discard(feed)
+        self._joining.pop(feed, None)
+
+    def join(self, feed: Feed, since: str) -> None:
+        """Deliver to `feed` everything committed after snapshot `since`, from the next tick."""
+        self._joining[feed] = since
+        self._poke.set()
+
+    async def position(self) -> str:
+        """The hub's snapshot, after at least one tick."""
+        while self.current is None:
+            self._moved.clear()
+            self._poke.set()
+            await self._moved.wait()
+        return self.current
+
+    async def next_tick(self) -> None:
+        """Wait until the hub has finished one more tick (revocations are applied by then)."""
+        done = asyncio.Event()
+        self._on_tick.append(done)
+        self._poke.set()
+        await done.wait()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick until `stop`; the store going away pauses delivery, it does not end it."""
+        conn: psycopg.AsyncConnection[Any] | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    if conn is None or conn.closed:
+                        conn = await psycopg.AsyncConnection.connect(
+                            self.conninfo, autocommit=True,
+                            application_name="silobreak-streams-hub",
+                        )  # fmt: skip
+                    await self._tick(conn)
+                except psycopg.OperationalError as exc:
+                    logger.warning("streams hub: store unavailable: %s", str(exc).strip())
+                    if conn is not None:
+                        await conn.close()
+                    conn = None
+                    await _sleep_or(stop, RETRY_S)
+                    continue
+                await self._idle(stop)
+        finally:
+            if conn is not None:
+                await conn.close()
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        if self._poke.is_set():
+            self._poke.clear()
+            return
+        waiter = asyncio.ensure_future(self._poke.wait())
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait(
+                [waiter, stopper], timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+        self._poke.clear()
+
+    async def _tick(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        prev = self.current
+        attached = [f for f in self._members if f.closed is None]
+        joining = dict(self._joining)
+        tables = {s.table for f in attached for s in f.scopes}
+        shared: dict[str, list[tuple[Any, ...]]] = {}
+        own: dict[Feed, list[dict[str, Any]]] = {}
+        async with conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            now_snap = str(await _scalar(conn, "SELECT pg_current_snapshot()::text"))
+            await self._refresh_devices(conn)
+            states = await self._grant_states(conn)
+            if prev is not None:
+                for table in sorted(tables):
+                    shared[table] = await _delta(conn, table, prev)
+            for feed, since in joining.items():
+                own[feed] = []
+                for scope in feed.scopes:
+                    rows = await history.committed_after(conn, scope, prev=since, upto=None)
+                    own[feed] += history.explode(scope, rows)
+        self.current = now_snap
+        self.ticks += 1
+        for feed in list(self._watched):
+            state = states.get(feed.grant.id, "unknown")
+            if state != "active":
+                feed.close(f"grant_{state}")
+        for feed in attached:
+            if feed.closed is None and feed.attached:
+                feed.push(now_snap, self._select(feed, shared))
+        for feed, readings in own.items():
+            if self._joining.get(feed) == joining[feed]:
+                del self._joining[feed]
+                if feed.closed is None:
+                    self._members.add(feed)
+                    feed.push(now_snap, readings)
+        self._members = {f for f in self._members if f.attached and f.closed is None}
+        self._moved.set()
+        for done in self._on_tick:
+            done.set()
+        self._on_tick.clear()
+
+    def _select(self, feed: Feed, shared: dict[str, list[tuple[Any, ...]]]) -> list[dict[str, Any]]:
+        """What `feed` may see of the rows every feed shares: its scopes, in memory."""
+        devices = self._devices.by_id
+        readings: list[dict[str, Any]] = []
+        for scope in feed.scopes:
+            columns = [3 + i for i in _metric_indexes(scope)]
+            kept = []
+            for r in shared.get(scope.table, ()):
+                info = devices.get(r[1])
+                if info is None:
+                    continue
+                district, lat, lon, personal = info
+                if scope.matches(r[2], district, lat, lon, personal):
+                    kept.append((r[0], r[1], r[2], district, *(r[c] for c in columns)))
+            readings += history.explode(scope, kept)
+        return readings
+
+    async def _grant_states(self, conn: psycopg.AsyncConnection[Any]) -> dict[int, str]:
+        """grant id -> active, expired, revoked, ... for the watched feeds' grants, now."""
+        ids = sorted({f.grant.id for f in self._watched})
+        if not ids:
+            return {}
+        cur = await conn.execute(
+            "SELECT id, CASE WHEN status = 'active' AND expires_at <= now() THEN 'expired'"
+            " ELSE status END FROM grants WHERE id = ANY(%s)",
+            (ids,),
+        )
+        return {row[0]: row[1] for row in await cur.fetchall()}
+
+    async def _refresh_devices(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        # Read in the tick's snapshot: a device whose rows this tick sees is in the cache.
+        version = int(await _scalar(conn, "SELECT version FROM registry_version"))
+        if version == self._devices.version:
+            return
+        cur = await conn.execute("SELECT device_id, district, lat, lon, personal_data FROM devices")
+        rows = await cur.fetchall()
+        self._devices = _Devices(version, {r[0]: (r[1], r[2], r[3], r[4]) for r in rows})
+
+
+def _metric_indexes(scope: Scope) -> list[int]:
+    names = scope_table_columns(scope.device_type)
+    return [names.index(m) for m in scope.metrics]
+
+
+def scope_table_columns(device_type: str) -> tuple[str, ...]:
+    from store.schema import READINGS_TABLES  # noqa: PLC0415
+
+    return READINGS_TABLES[device_type].metric_columns
+
+
+async def _delta(
+    conn: psycopg.AsyncConnection[Any], table: str, prev: str
+) -> list[tuple[Any, ...]]:
+    """Rows of `table` committed after `prev`: (time, device_id, service, metrics..., batch)."""
+    device_type = table.removeprefix("readings_")
+    metrics = history.metric_columns(scope_table_columns(device_type))
+    query = sql.SQL(
+        "SELECT r.time, r.device_id, r.service, {metrics}, r.batch FROM {table} r WHERE {after}"
+    ).format(metrics=metrics, table=sql.Identifier(table), after=sql.SQL(cursor.AFTER))
+    cur = await conn.execute(query, {"prev": prev})
+    rows = await cur.fetchall()
+    rows.sort(key=lambda r: (r[0], r[1]))
+    return rows
+
+
+async def _scalar(conn: psycopg.AsyncConnection[Any], query: str) -> Any:
+    cur = await conn.execute(query.encode())
+    row = await cur.fetchone()
+    assert row is not None
+    return row[0]
+
+
+async def _sleep_or(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _floor_to(at: datetime, step: timedelta) -> datetime:
+    origin = datetime(2000, 1, 1, tzinfo=UTC)
+    return origin + ((at - origin) // step) * step

@@ -1,0 +1,45 @@
+"""Mount the streams routers (catalog, grants, subscriptions, history, audit) and the gateway."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from streams import (
+    routes_audit,
+    routes_catalog,
+    routes_grants,
+    routes_history,
+    routes_subscriptions,
+)
+from streams.gateway import Gateway, StreamsConfig
+
+
+def include_all(app: FastAPI, settings: Any) -> None:
+    """Add the routers to `app`, and run a streams gateway for as long as the app runs.
+
+    `settings` is silobreak.settings.Settings (or anything with its streams_* fields).
+    """
+    for module in (routes_catalog, routes_grants, routes_subscriptions, routes_history,
+                   routes_audit):  # fmt: skip
+        app.include_router(module.router)
+    config = (
+        settings if isinstance(settings, StreamsConfig) else StreamsConfig.from_settings(settings)
+    )
+    outer = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: FastAPI) -> AsyncIterator[Any]:
+        async with outer(a) as state:
+            gateway = Gateway(config)
+            await gateway.start()
+            a.state.streams = gateway
+            try:
+                yield state
+            finally:
+                await gateway.stop()
+
+    app.router.lifespan_context = lifespan

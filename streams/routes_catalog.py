@@ -1,0 +1,84 @@
+"""`/v1/streams`: the catalog of what exists, so a consumer knows what it may ask for."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from fastapi import APIRouter, Request
+from psycopg import sql
+from pydantic import BaseModel
+
+from devices.catalog import DEVICE_TYPES
+from store.schema import READINGS_TABLES
+from streams.auth import CallerDep
+
+router = APIRouter(prefix="/v1/streams", tags=["catalog"])
+
+# The rate is measured over this much recent reading time: long enough to span a few
+# reporting periods of slow devices (meters every minute), short enough to be current.
+RATE_WINDOW_S: Final = 300
+
+
+class Stream(BaseModel):
+    """One owner service's metric of one device type."""
+
+    service: str
+    device_type: str
+    metric: str
+    unit: str
+    description: str
+    districts: list[str]
+    devices: int
+    # Readings a second over the last RATE_WINDOW_S seconds (by reading time).
+    rate: float
+    # Personal data is granted only as aggregates pooled per district.
+    personal_data: bool
+
+
+@router.get("", response_model=list[Stream])
+async def list_streams(request: Request, caller: CallerDep) -> list[Stream]:
+    """Every stream that exists: one per owner service, device type and metric."""
+    del caller  # any authenticated principal may discover what exists
+    async with request.app.state.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT service, device_type, array_agg(DISTINCT district) FILTER"
+            " (WHERE district IS NOT NULL), count(*), array_agg(DISTINCT coalesce(medium, '')),"
+            " bool_or(personal_data) FROM devices WHERE lifecycle = 'active'"
+            " GROUP BY service, device_type ORDER BY service, device_type"
+        )
+        fleets = await cur.fetchall()
+        rates: dict[tuple[str, str, str], float] = {}
+        for device_type in {f[1] for f in fleets}:
+            rates.update(await _rates(conn, device_type))
+    out = []
+    for service, device_type, districts, count, media, personal in fleets:
+        kind = DEVICE_TYPES[device_type]
+        for m in kind.metrics:
+            units = sorted({m.unit_for(x or None) for x in media})
+            out.append(
+                Stream(
+                    service=service, device_type=device_type, metric=m.name,
+                    unit=" or ".join(u for u in units if u) or "", description=m.description,
+                    districts=sorted(districts or []), devices=count,
+                    rate=round(rates.get((service, device_type, m.name), 0.0), 3),
+                    personal_data=bool(personal),
+                )
+            )  # fmt: skip
+    return out
+
+
+async def _rates(conn: object, device_type: str) -> dict[tuple[str, str, str], float]:
+    table = READINGS_TABLES[device_type]
+    counts = sql.SQL(", ").join(
+        sql.SQL("count({})").format(sql.Identifier(c)) for c in table.metric_columns
+    )
+    query = sql.SQL(
+        "SELECT service, {counts} FROM {table}"
+        " WHERE time > now() - make_interval(secs => %s) GROUP BY service"
+    ).format(counts=counts, table=sql.Identifier(table.name))
+    cur = await conn.execute(query, (RATE_WINDOW_S,))  # type: ignore[attr-defined]
+    out = {}
+    for service, *values in await cur.fetchall():
+        for metric, n in zip(table.metric_columns, values, strict=True):
+            out[(service, device_type, metric)] = n / RATE_WINDOW_S
+    return out

@@ -1,0 +1,197 @@
+"""Webhook delivery: the target allow-list, HMAC signatures, and one batch sent until acked."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import httpx
+import psycopg
+
+from streams.errors import StreamsError
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER: Final = "X-Silobreak-Signature"
+TIMESTAMP_HEADER: Final = "X-Silobreak-Timestamp"
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+# A receiver that has not answered by then is treated as down (and the batch retried).
+REQUEST_TIMEOUT_S: Final = 10.0
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+class WebhookAbandoned(StreamsError):
+    """A batch kept failing past the give-up time; the subscription stops."""
+
+
+class FeedGone(StreamsError):
+    """The feed closed (grant revoked or expired) while a batch waited for a retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Exponential backoff with jitter, and when to give up on one batch."""
+
+    first: timedelta
+    cap: timedelta
+    give_up: timedelta
+
+    def delay(self, attempt: int) -> float:
+        """Seconds before retry number `attempt` (1-based), drawn from the upper half."""
+        top = min(self.first.total_seconds() * 2 ** (attempt - 1), self.cap.total_seconds())
+        return random.uniform(top / 2, top)  # noqa: S311 - jitter, not secrecy
+
+
+def allowed(url: str, allow: Sequence[str]) -> bool:
+    """Whether `url` falls under one of the allow-list's prefixes (parsed, not string-compared:
+    `http://127.0.0.1:80@evil.example/` has host evil.example)."""
+    try:
+        target = urlsplit(url)
+        port = target.port or _DEFAULT_PORTS.get(target.scheme)
+    except ValueError:
+        return False
+    if target.scheme not in _DEFAULT_PORTS or target.username or target.password:
+        return False
+    if not target.hostname:
+        return False
+    for entry in allow:
+        try:
+            rule = urlsplit(entry)
+            rule_port = rule.port or _DEFAULT_PORTS.get(rule.scheme)
+        except ValueError:
+            continue
+        if (
+            rule.scheme == target.scheme
+            and rule.hostname == target.hostname
+            and rule_port == port
+            and (target.path or "/").startswith(rule.path or "/")
+        ):
+            return True
+    return False
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """`sha256=<hex>` of HMAC-SHA256(secret, timestamp + "." + body)."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify(secret: str, headers: Any, body: bytes) -> bool:
+    """For receivers: whether a delivery's signature is ours."""
+    timestamp = headers.get(TIMESTAMP_HEADER, "")
+    expected = sign(secret, timestamp, body)
+    return hmac.compare_digest(expected, headers.get(SIGNATURE_HEADER, ""))
+
+
+class WebhookSender:
+    """Sends one subscription's batches in order; a batch is retried until a 2xx."""
+
+    def __init__(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        client: httpx.AsyncClient,
+        *,
+        subscription_id: str,
+        url: str,
+        secret: str,
+        retry: Retry,
+    ) -> None:
+        self._conn = conn
+        self._client = client
+        self.subscription_id = subscription_id
+        self.url = url
+        self._secret = secret
+        self._retry = retry
+
+    async def pending(self) -> tuple[int, bytes, str, int] | None:
+        """A batch written but not acked before a restart: (seq, body, cursor, readings)."""
+        cur = await self._conn.execute(
+            "SELECT seq, body, cursor_to, readings FROM webhook_deliveries"
+            " WHERE subscription_id = %s AND status = 'pending' ORDER BY seq LIMIT 1",
+            (self.subscription_id,),
+        )
+        row = await cur.fetchone()
+        return None if row is None else (row[0], bytes(row[1]), row[2], row[3])
+
+    async def record(self, body: bytes, cursor_to: str, readings: int) -> int:
+        """Write the batch before the first attempt; returns its sequence number."""
+        cur = await self._conn.execute(
+            "INSERT INTO webhook_deliveries"
+            " (subscription_id, seq, idempotency_key, cursor_to, readings, body)"
+            " SELECT %(s)s, n, %(s)s || '-' || n, %(c)s, %(r)s, %(b)s FROM"
+            " (SELECT coalesce(max(seq), 0) + 1 AS n FROM webhook_deliveries"
+            "  WHERE subscription_id = %(s)s) AS next RETURNING seq",
+            {"s": self.subscription_id, "c": cursor_to, "r": readings, "b": body},
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def send(self, seq: int, body: bytes, cursor_to: str, closed: Any) -> int:
+        """POST until a 2xx; then the batch is delivered and the cursor moves. Returns attempts."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            if closed() is not None:
+                raise FeedGone(closed())
+            attempt += 1
+            error = await self._attempt(seq, body)
+            if error is None:
+                await self._acked(seq, cursor_to, attempt)
+                return attempt
+            await self._conn.execute(
+                "UPDATE webhook_deliveries SET attempts = %s, last_error = %s"
+                " WHERE subscription_id = %s AND seq = %s",
+                (attempt, error[:500], self.subscription_id, seq),
+            )
+            if time.monotonic() - started > self._retry.give_up.total_seconds():
+                await self._conn.execute(
+                    "UPDATE webhook_deliveries SET status = 'abandoned'"
+                    " WHERE subscription_id = %s AND seq = %s",
+                    (self.subscription_id, seq),
+                )
+                raise WebhookAbandoned(f"webhook {self.url}: batch {seq} failed: {error}")
+            delay = self._retry.delay(attempt)
+            logger.info(
+                "webhook %s: batch %d failed (%s); retry in %.1fs", self.url, seq, error, delay
+            )
+            await asyncio.sleep(delay)
+
+    async def _attempt(self, seq: int, body: bytes) -> str | None:
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            IDEMPOTENCY_HEADER: f"{self.subscription_id}-{seq}",
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: sign(self._secret, timestamp, body),
+        }
+        try:
+            response = await self._client.post(
+                self.url, content=body, headers=headers, timeout=REQUEST_TIMEOUT_S
+            )
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        if 200 <= response.status_code < 300:
+            return None
+        return f"HTTP {response.status_code}"
+
+    async def _acked(self, seq: int, cursor_to: str, attempts: int) -> None:
+        async with self._conn.transaction():
+            await self._conn.execute(
+                "UPDATE webhook_deliveries SET status = 'delivered', attempts = %s,"
+                " delivered_at = now(), body = NULL WHERE subscription_id = %s AND seq = %s",
+                (attempts, self.subscription_id, seq),
+            )
+            await self._conn.execute(
+                "UPDATE subscriptions SET cursor = %s, updated_at = now() WHERE id = %s",
+                (cursor_to, self.subscription_id),
+            )
