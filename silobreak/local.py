@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -34,6 +35,10 @@ LOG_TAIL_LINES = 30
 # Linux limits a unix socket path (sun_path) to 107 bytes plus the NUL.
 MAX_SOCKET_PATH = 107
 
+# Ports for servers we start: below the kernel's ephemeral range, above well-known services.
+_SERVER_PORTS = (20_000, 32_000)
+_PORT_TRIES = 200
+
 # Where Debian puts server binaries that are not on PATH.
 _PG_LIB = Path("/usr/lib/postgresql")
 _SBIN = Path("/usr/sbin")
@@ -50,11 +55,22 @@ class LocalServiceError(Exception):
 
 
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """Return a TCP port on 127.0.0.1 that was free a moment ago.
+
+    Drawn below Linux's ephemeral range (32768-60999): a port the kernel picked with bind(0)
+    can be handed out again as the source port of any outgoing connection before our server
+    binds it, and tests open thousands of those.
+    """
+    rng = random.SystemRandom()
+    for _ in range(_PORT_TRIES):
+        port = rng.randrange(*_SERVER_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise LocalServiceError(f"no free TCP port in {_SERVER_PORTS} after {_PORT_TRIES} tries")
 
 
 def find_binary(name: str) -> Path:
