@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import selectors
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 _DEFAULT_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}
 # A refused or black-holed broker must not stall the loop for the whole fleet.
 CONNECT_TIMEOUT_S: Final = 3.0
+# A probe's socket wait per turn: short, so its deadline is kept to within a few ms.
+_PROBE_TURN_S: Final = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +223,39 @@ class Link:
         self.outstanding -= 1
         self.acked += 1
         self.flush()
+
+
+def connect_refusal(
+    broker: BrokerAddress,
+    *,
+    client_id: str,
+    username: str | None,
+    password: str | None,
+    timeout: float,
+) -> str | None:
+    """Connect once as a device does and hang up: None when accepted, else the broker's reason.
+
+    BrokerError when the broker cannot be reached at all.
+    """
+    client = _client(client_id, broker, username, password, inflight=1)
+    answer: list[str | None] = []
+
+    def connected(_c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        answer.append(str(reason) if reason.is_failure else None)
+
+    client.on_connect = connected
+    try:
+        client.connect(broker.host, broker.port, keepalive=max(5, round(timeout)))
+    except (OSError, ssl.SSLError) as exc:
+        raise BrokerError(f"cannot reach {broker}: {exc}") from exc
+    deadline = time.monotonic() + timeout
+    try:
+        while not answer and time.monotonic() < deadline:
+            if client.loop(timeout=_PROBE_TURN_S) != mqtt.MQTT_ERR_SUCCESS and not answer:
+                return "the broker closed the connection without a CONNACK"
+    finally:
+        client.disconnect()
+    return answer[0] if answer else f"no CONNACK within {timeout:g} s"
 
 
 def _client(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -30,6 +31,11 @@ REASONS: Final = (
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _FAR_FUTURE: Final = datetime.max.replace(tzinfo=UTC)
 _FAR_PAST: Final = datetime.min.replace(tzinfo=UTC)
+# Whole-number metrics are stored as int8 (store/schema.py): a value past its range is one
+# the store cannot hold, so it is a schema violation here, not a batch the database refuses.
+_INT8_MIN: Final = -(2**63)
+_INT8_MAX: Final = 2**63 - 1
+_FLOAT_MAX: Final = sys.float_info.max
 # RFC 8428 §4.5.3: SenML times below 2**28 are relative to now.
 _SENML_RELATIVE_LIMIT: Final = 2**28
 _TOPIC_PREFIX: Final = "devices/"
@@ -75,10 +81,13 @@ class _Invalid(Exception):
     """A schema violation found deep in validation."""
 
 
-# name -> (position in the row, kind, minimum, maximum, codes), per device type.
+# name -> (position in the row, kind, minimum, maximum, codes), per device type. An open end
+# (a meter's index has no maximum) becomes the largest finite float, so that the one range
+# check also refuses infinities, as the contract says (NaN fails every comparison anyway).
 _SPECS: Final = {
     t.name: {
-        m.name: (3 + i, m.kind, m.minimum, m.maximum, m.codes) for i, m in enumerate(t.metrics)
+        m.name: (3 + i, m.kind, max(m.minimum, -_FLOAT_MAX), min(m.maximum, _FLOAT_MAX), m.codes)
+        for i, m in enumerate(t.metrics)
     }
     for t in DEVICE_TYPES.values()
 }
@@ -140,11 +149,19 @@ def decode(
 
 
 def _parse_json(payload: bytes) -> object:
+    # JSON is UTF-8 (RFC 8259 §8.1); msgspec lets UTF-8-encoded surrogates through, so text
+    # that is not all ASCII (rare in telemetry: the check costs ~10 ns) is checked first.
+    if not payload.isascii():
+        try:
+            payload.decode()
+        except UnicodeDecodeError as exc:
+            return Rejected(MALFORMED_PAYLOAD, f"not UTF-8: {exc}")
     try:
         return _json_decode(payload)
     except RecursionError:
         return Rejected(MALFORMED_PAYLOAD, "JSON nested too deeply")
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        # msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8 in a key.
         pass
     # The strict decoder refuses NaN and Infinity; the contract calls those a schema
     # violation, not a malformed payload, so parse once more leniently before giving up.
@@ -179,7 +196,7 @@ def _envelope_time(doc: dict[str, Any], now: datetime) -> datetime:
 
 
 def _epoch_millis(millis: float) -> datetime:
-    if not math.isfinite(millis):
+    if not _finite(millis):
         raise _Invalid("ts is not a finite number")
     try:
         return EPOCH + timedelta(milliseconds=millis)
@@ -213,15 +230,20 @@ def _value(name: str, raw: object, kind: Kind, lo: float, hi: float, codes: Any)
             if t is float and not math.isfinite(raw):  # type: ignore[arg-type]
                 raise _Invalid(f"{name} is not a finite number")
             raise _Invalid(f"{name}={raw!r} is outside [{lo:g}, {hi:g}]")
-        return raw if t is float else float(raw)  # type: ignore[arg-type,return-value]
+        if t is float:
+            return raw  # type: ignore[return-value]
+        if not _finite(raw):  # type: ignore[arg-type]
+            raise _Invalid(f"{name} is not a finite number")
+        return float(raw)  # type: ignore[arg-type]
     if kind is Kind.BOOL:
         if t is not bool:
             raise _Invalid(f"{name} must be true or false")
         return 1 if raw else 0
     if kind is Kind.WHOLE:
         whole = _whole(name, raw)
-        if not lo <= whole <= hi:
-            raise _Invalid(f"{name}={raw!r} is outside [{lo:g}, {hi:g}]")
+        if not (lo <= whole <= hi and _INT8_MIN <= whole <= _INT8_MAX):
+            low, high = max(lo, _INT8_MIN), min(hi, _INT8_MAX)
+            raise _Invalid(f"{name}={raw!r} is outside [{low:g}, {high:g}]")
         return whole
     # Kind.ENUM: the name or the code.
     if t is str:
@@ -257,11 +279,13 @@ def _senml(
         bt = rec.get("bt", base_time)
         if type(bn) is not str or not _is_number(bt):
             raise _Invalid("SenML bn must be a string and bt a number")
-        base_name, base_time = bn, float(bt)
         n = rec.get("n", "")
         t = rec.get("t", 0.0)
         if type(n) is not str or not _is_number(t):
             raise _Invalid("SenML n must be a string and t a number")
+        if not (_finite(bt) and _finite(t)):
+            raise _Invalid("SenML time is not a finite number")
+        base_name, base_time = bn, float(bt)
         name = (base_name + n).replace("/", ":").rsplit(":", 1)[-1]
         spec = specs.get(name)
         if spec is None:
@@ -292,3 +316,12 @@ def _senml_time(seconds: float, now: datetime) -> datetime:
 
 def _is_number(value: object) -> bool:
     return type(value) is int or type(value) is float
+
+
+def _finite(value: float) -> bool:
+    """A finite float, or an int that is one as a float: JSON has no bound on integers, and
+    one past a double's range stands for the same out-of-range number as 1e400 does."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False

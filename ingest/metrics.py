@@ -1,8 +1,19 @@
-"""Ingest counters, exposed on a Prometheus endpoint."""
+"""Ingest counters on a Prometheus endpoint (/metrics), with a health check (/healthz)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from ingest.decode import REASONS
 
@@ -41,7 +52,37 @@ class IngestMetrics:
             "silobreak_ingest_store_up", "1 when the last commit worked", registry=r
         )
 
-    def serve(self, host: str, port: int) -> None:
-        """Expose /metrics on host:port (a daemon thread); port 0 means not at all."""
-        if port:
-            start_http_server(port, addr=host, registry=self.registry)
+    def serve(
+        self, host: str, port: int, health: Callable[[], tuple[bool, str]] | None = None
+    ) -> None:
+        """Serve /metrics and /healthz on host:port from a daemon thread; port 0: not at all.
+
+        `health` answers (healthy, why); /healthz is 200 or 503 with the why as its body.
+        """
+        if not port:
+            return
+        registry = self.registry
+        check = health or (lambda: (True, "ok"))
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] == "/healthz":
+                    ok, why = check()
+                    self._send(200 if ok else 503, why.encode() + b"\n", "text/plain")
+                elif self.path.split("?")[0] == "/metrics":
+                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                else:
+                    self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass  # scrapes every few seconds would drown the ingestor's own log
+
+        server = ThreadingHTTPServer((host, port), Handler)
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()

@@ -509,6 +509,10 @@ class MqttPublisher(_Client):
         self.window = window  # lowered to the broker's Receive Maximum on connect
         self.published = 0
         self.acks_received = 0
+        # PUBACKs with 0x10 "no matching subscribers": the broker took these and gave them to
+        # no one (Mosquitto 2.0 after a restart, until subscribers subscribe again); a device
+        # that must not lose them sends them again (docs/reliability.md).
+        self.unrouted = 0
         self._inflight: set[int] = set()
         self._next_id = 1
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -596,6 +600,8 @@ class MqttPublisher(_Client):
                 if packet.reason_code >= 0x80:
                     code = packet.reason_code
                     self._rejected[code] = self._rejected.get(code, 0) + 1
+                elif packet.reason_code == 0x10:
+                    self.unrouted += 1
             else:
                 self._on_control(conn, packet)
         if self._waiters:

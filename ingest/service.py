@@ -20,6 +20,7 @@ from ingest.errors import IngestError
 from ingest.metrics import IngestMetrics
 from ingest.mqtt_wire import MqttSubscriber
 from ingest.status import STATUS_FILTER, STATUS_SUFFIX, PresenceWriter, Status, take_status
+from store.deadline import DEFAULT_TIMEOUT, Deadline, connect_kwargs
 from store.errors import StoreError, StoreUnavailable
 from store.registry import load_snapshot, registry_version
 from store.writer import ReadingsWriter, RejectRow
@@ -53,6 +54,8 @@ class IngestConfig:
     max_age: timedelta = timedelta(days=7)
     max_future: timedelta = timedelta(minutes=5)
     registry_refresh: timedelta = timedelta(seconds=2)
+    # A database call that has not returned by then fails and is retried on a new connection.
+    store_timeout: timedelta = DEFAULT_TIMEOUT
 
 
 @dataclass(slots=True)
@@ -72,8 +75,12 @@ class Ingestor:
         self.config = config
         self.metrics = metrics or IngestMetrics()
         self._registry = RegistrySnapshot(())
-        self._writer = ReadingsWriter(config.database_url, name=f"ingest {config.client_id}")
-        self._presence = PresenceWriter(config.database_url, name=f"presence {config.client_id}")
+        self._writer = ReadingsWriter(
+            config.database_url, name=f"ingest {config.client_id}", timeout=config.store_timeout
+        )
+        self._presence = PresenceWriter(
+            config.database_url, name=f"presence {config.client_id}", timeout=config.store_timeout
+        )
         self._subscriber = MqttSubscriber(
             config.mqtt_url,
             client_id=config.client_id,
@@ -94,12 +101,18 @@ class Ingestor:
         self._window_at = time.monotonic()
         self._flush_timer: asyncio.TimerHandle | None = None
         self.committed_batches = 0
+        self._store_ok = True
 
     async def run(self, stop: asyncio.Event) -> None:
         """Ingest until `stop` is set, then commit and acknowledge what is in hand."""
         await self._check_store()
         async with await self._registry_connection() as conn:
-            self._registry = await load_snapshot(conn)
+            try:
+                with Deadline(self.config.store_timeout).watch(conn):
+                    self._registry = await load_snapshot(conn)
+            except psycopg.Error as exc:
+                why = _first_line(exc)
+                raise IngestError(f"database: cannot load the registry: {why}") from exc
             logger.info("registry: %d active devices", len(self._registry))
             await self._subscriber.start()
             logger.info(
@@ -112,7 +125,7 @@ class Ingestor:
                 asyncio.create_task(self._refresh_loop(conn, stop), name="registry-refresh"),
             ]
             try:
-                await self._until_stopped(stop)
+                await self._until_stopped(stop, tasks)
                 self._seal()
                 self._wakeup.set()
                 await self._drain(tasks[0])
@@ -134,18 +147,33 @@ class Ingestor:
                 "stopping with %d message(s) unacknowledged: the broker redelivers them", pending
             )
 
-    async def _until_stopped(self, stop: asyncio.Event) -> None:
-        """Wait for `stop`; a receive path that failed ends the ingestor with its error."""
+    async def _until_stopped(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+        """Wait for `stop`; a receive path or a task that failed ends the ingestor with its
+        error. Messages in hand stay unacknowledged: the broker redelivers them to the same
+        client id when the ingestor is restarted."""
         asked = asyncio.create_task(stop.wait())
         failed = asyncio.create_task(self._subscriber.wait_stopped())
-        done, _ = await asyncio.wait({asked, failed}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({asked, failed, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         asked.cancel()
         failed.cancel()
         if failed in done:
-            # Messages in hand stay unacknowledged: the broker redelivers them to the same
-            # client id when the ingestor is restarted.
             exc = failed.exception()
             raise IngestError(f"receive path stopped: {exc}") from exc
+        for task in done & set(tasks):
+            # A bug, never bad input or an outage (those are handled inside): left alone, the
+            # ingestor would live on and store nothing, silently (found by tests/faults).
+            exc = task.exception()
+            if exc is not None:
+                logger.error("%s failed", task.get_name(), exc_info=exc)
+                raise IngestError(f"{task.get_name()} stopped: {exc!r}") from exc
+
+    def health(self) -> tuple[bool, str]:
+        """(healthy, why) for /healthz: subscribed to the broker and the last commit worked."""
+        if not self._subscriber.connected.is_set():
+            return False, "not connected to the MQTT broker"
+        if not self._store_ok:
+            return False, "the store refused the last commit; retrying"
+        return True, f"ok: {self.committed_batches} batches committed"
 
     # -- receive path: runs for every publish, keep it lean -------------------------------
 
@@ -187,7 +215,10 @@ class Ingestor:
             self._seal()
 
     def _on_status(self, batch: _Batch, packet_id: int, topic: str, payload: bytes) -> None:
-        reject = take_status(batch.statuses, topic, payload, self._registry, self._window.now)
+        # The clock itself, not the window's (it moves every 50 ms): a status stamped "now"
+        # by the device must not count as ahead of us. Statuses are rare; the call is cheap.
+        now = datetime.now(UTC)
+        reject = take_status(batch.statuses, topic, payload, self._registry, now)
         if reject is not None:
             batch.rejects.append(reject)
         batch.packet_ids.append(packet_id)
@@ -241,17 +272,25 @@ class Ingestor:
                 result = await self._writer.write(batch.rows, batch.rejects)
             except (StoreUnavailable, StoreError) as exc:
                 self.metrics.store_up.set(0)
+                self._store_ok = False
                 if failing_since is None:
-                    failing_since = time.monotonic()
+                    # From the start of the failed attempt: a call on a silent link fails
+                    # only at the store deadline, and the outage began before that.
+                    failing_since = time.monotonic() - (time.perf_counter() - started)
                     logger.warning(
                         "%s; holding %d message(s) unacknowledged, retrying",
                         exc,
                         len(batch.packet_ids),
                     )
+                    # The presence connection shares the store's path: one idle through the
+                    # outage may be dead without knowing it, and would hold the write loop
+                    # for a whole store deadline after the store is back.
+                    await self._presence.close()
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
                 delay = min(delay * 2, _BACKOFF_MAX_S)
                 continue
             self.metrics.store_up.set(1)
+            self._store_ok = True
             if failing_since is not None:
                 logger.warning(
                     "store is back after %.1f s; resuming", time.monotonic() - failing_since
@@ -273,12 +312,15 @@ class Ingestor:
         interval = self.config.registry_refresh.total_seconds()
         while not stop.is_set():
             await asyncio.sleep(interval)
+            deadline = Deadline(self.config.store_timeout)
             try:
-                if await registry_version(conn) != self._registry.version:
-                    self._registry = await load_snapshot(conn)
-                    logger.info("registry reloaded: %d active devices", len(self._registry))
+                with deadline.watch(conn):
+                    if await registry_version(conn) != self._registry.version:
+                        self._registry = await load_snapshot(conn)
+                        logger.info("registry reloaded: %d active devices", len(self._registry))
             except psycopg.Error as exc:
-                logger.warning("registry refresh failed, keeping the last snapshot: %s", exc)
+                why = deadline.describe() if deadline.expired else exc
+                logger.warning("registry refresh failed, keeping the last snapshot: %s", why)
                 if conn.closed or conn.broken:
                     conn = await self._registry_connection(retry=True)
 
@@ -287,7 +329,10 @@ class Ingestor:
         while True:
             try:
                 return await psycopg.AsyncConnection.connect(
-                    self.config.database_url, autocommit=True, application_name="silobreak-registry"
+                    self.config.database_url,
+                    autocommit=True,
+                    application_name="silobreak-registry",
+                    **connect_kwargs(self.config.database_url, self.config.store_timeout),
                 )
             except psycopg.OperationalError as exc:
                 if not retry:

@@ -15,6 +15,7 @@ import psycopg
 from devices.registry import RegistrySnapshot
 from devices.topics import parse_device_topic
 from ingest.decode import EPOCH, MALFORMED_PAYLOAD, SCHEMA_VIOLATION, UNKNOWN_DEVICE
+from store.deadline import DEFAULT_TIMEOUT, Deadline, connect_kwargs
 from store.writer import RejectRow
 
 logger = logging.getLogger(__name__)
@@ -135,9 +136,12 @@ def latest_times(rows_by_type: Mapping[str, Sequence[tuple[Any, ...]]]) -> dict[
 class PresenceWriter:
     """Writes a batch's statuses and last-seen times to the registry's devices rows."""
 
-    def __init__(self, conninfo: str, *, name: str = "presence") -> None:
+    def __init__(
+        self, conninfo: str, *, name: str = "presence", timeout: timedelta = DEFAULT_TIMEOUT
+    ) -> None:
         self._conninfo = conninfo
         self._name = name
+        self._timeout = timeout
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._written: dict[str, datetime] = {}  # last_seen last written per device
 
@@ -154,11 +158,14 @@ class PresenceWriter:
             return
         delay = _BACKOFF_FIRST_S
         while True:
+            deadline = Deadline(self._timeout)
             try:
-                await self._apply(statuses, seen)
+                with deadline.watch(lambda: self._conn):
+                    await self._apply(statuses, seen)
             except psycopg.Error as exc:
                 await self._drop()
-                logger.warning("%s: presence update failed, retrying: %s", self._name, exc)
+                why = deadline.describe() if deadline.expired else exc
+                logger.warning("%s: presence update failed, retrying: %s", self._name, why)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
                 delay = min(delay * 2, _BACKOFF_MAX_S)
                 continue
@@ -180,7 +187,10 @@ class PresenceWriter:
     async def _apply(self, statuses: Mapping[str, Status], seen: Mapping[str, datetime]) -> None:
         if self._conn is None or self._conn.closed:
             self._conn = await psycopg.AsyncConnection.connect(
-                self._conninfo, autocommit=True, application_name=f"silobreak-{self._name}"
+                self._conninfo,
+                autocommit=True,
+                application_name=f"silobreak-{self._name}",
+                **connect_kwargs(self._conninfo, self._timeout),
             )
         # Sorted ids: concurrent ingestors lock the same rows in the same order.
         async with self._conn.transaction():

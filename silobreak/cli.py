@@ -133,11 +133,13 @@ def migrate(ctx: click.Context) -> None:
 def ingest(ctx: click.Context) -> None:
     """Subscribe to device telemetry and store it (runs until Ctrl-C or SIGTERM)."""
     from ingest.service import Ingestor  # noqa: PLC0415
+    from silobreak.platform_run import run_with_recorder  # noqa: PLC0415
 
     settings = _settings(ctx)
     ingestor = Ingestor(ingest_config(settings))
-    ingestor.metrics.serve(settings.metrics_host, settings.metrics_port)
-    run_async(ingestor.run)
+    ingestor.metrics.serve(settings.metrics_host, settings.metrics_port, ingestor.health)
+    # With the health figures the platform dashboard reads (platform_stats, every 10 s).
+    run_async(lambda stop: run_with_recorder(settings, ingestor, stop))
 
 
 def ingest_config(settings: Settings) -> Any:
@@ -292,4 +294,10 @@ def _emit(header: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> Non
 
 
 # Commands defined in their own modules register themselves on `main` when imported.
-from silobreak import cli_identity, cli_run, cli_streams  # noqa: E402, F401
+from silobreak import (  # noqa: E402, F401
+    cli_grafana,
+    cli_identity,
+    cli_run,
+    cli_store,
+    cli_streams,
+)

@@ -18,7 +18,9 @@ import click
 import psycopg
 
 from silobreak.cli import _db, _settings, ingest_config, main, run_async
-from silobreak.settings import Settings, parse_duration
+from silobreak.cli_identity import actor, apply_to_broker
+from silobreak.settings import Settings, SettingsError, parse_duration
+from silobreak.sim_credentials import DEFAULT_SECRETS_FILE
 
 # How often `demo` prints its progress line.
 _PROGRESS_EVERY_S: Final = 2.0
@@ -87,7 +89,21 @@ def _register(settings: Settings, fleet: Any) -> int:
     "--register/--no-register",
     default=True,
     show_default=True,
-    help="Register the fleet in the registry first (idempotent).",
+    help="Register the fleet first, giving devices without one a secret (idempotent).",
+)
+@click.option(
+    "--secrets-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_SECRETS_FILE,
+    show_default=True,
+    help="The fleet's device secrets (device_id,secret; 0600), kept by the simulator.",
+)
+@click.option(
+    "--progress",
+    callback=_duration,
+    default="10s",
+    show_default=True,
+    help="Print a progress line this often (0s: never).",
 )
 @click.pass_context
 def simulate(
@@ -102,20 +118,23 @@ def simulate(
     duration: timedelta | None,
     max_messages: int | None,
     register: bool,
+    secrets_file: Path,
+    progress: timedelta,
 ) -> None:
     """Run a simulated city's devices against the broker (until Ctrl-C)."""
     from firmware_sim import FleetRunner  # noqa: PLC0415
 
     settings = _settings(ctx)
     fleet = _fleet(scenario, devices, seed)
-    if register:
-        new = _register(settings, fleet)
-        click.echo(f"registered {len(fleet)} devices ({new} new)", err=True)
+    _check_since(settings, fleet, since, speed)
+    per_device = mode == "per-device"
+    passwords = _credentials(settings, fleet, secrets_file, register=register, probe=per_device)
     runner = FleetRunner(
         fleet,
         url=settings.mqtt_url,
-        mode="per_device" if mode == "per-device" else "load",
+        mode="per_device" if per_device else "load",
         connections=connections,
+        passwords=passwords or None,
         speed=speed,
         start=None if since is None else datetime.now(UTC) - since,
         duration=duration,
@@ -123,28 +142,135 @@ def simulate(
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: runner.stop())
-    stats = runner.run()
+    links = len(fleet) if per_device else min(connections, len(fleet))
+    finished = threading.Event()
+    if progress > timedelta(0):
+        reporter = threading.Thread(
+            target=_report_progress,
+            args=(runner, progress.total_seconds(), links, finished),
+            name="progress",
+            daemon=True,
+        )
+        reporter.start()
+    try:
+        stats = runner.run()
+    finally:
+        finished.set()
+    simulated = ""
+    if stats.sim_start is not None:
+        end = stats.sim_end or stats.sim_start
+        simulated = f"; simulated {_iso(stats.sim_start)} to {_iso(end)}"
     click.echo(
         f"published {stats.acknowledged} of {stats.generated} messages "
-        f"({stats.dropped} dropped, {stats.unsent} unsent) in {stats.wall_s:.0f} s",
+        f"({stats.dropped} dropped, {stats.unsent} unsent, {stats.buffered} buffered while "
+        f"offline) in {stats.wall_s:.0f} s{simulated}",
         err=True,
     )
+
+
+def _report_progress(runner: Any, every: float, links: int, finished: threading.Event) -> None:
+    while not finished.wait(every):
+        p = runner.progress()
+        at = _iso(p.sim_end) if p.sim_end is not None else "start"
+        click.echo(
+            f"at {at}: {p.acknowledged} published, {p.online}/{links} connected, "
+            f"{p.unsent} waiting, {p.buffered} buffered while offline, {p.dropped} dropped",
+            err=True,
+        )
+
+
+def _check_since(settings: Settings, fleet: Any, since: timedelta | None, speed: float) -> None:
+    """Refuse a start so far back that ingest would reject the first readings as too old."""
+    if since is None:
+        if speed != 1.0:
+            note = "note: --speed has no effect without --since (the clock never runs ahead of now)"
+            click.echo(note, err=True)
+        return
+    # A device whose clock lags by up to clock_skew_max_s stamps its readings that much older.
+    skew = timedelta(seconds=fleet.scenario.faults.clock_skew_max_s)
+    if since + skew >= settings.ingest_max_age:
+        raise SettingsError(
+            f"--since {_span(since)}: readings that old are outside ingest's window "
+            f"(SILOBREAK_INGEST_MAX_AGE = {_span(settings.ingest_max_age)}, less the fleet's "
+            f"clock skew of up to {skew.total_seconds():g} s) and would be rejected as "
+            "timestamp_out_of_range; start later"
+        )
+
+
+def _credentials(
+    settings: Settings, fleet: Any, secrets_file: Path, *, register: bool, probe: bool
+) -> dict[str, str]:
+    """Register the fleet with credentials (or read the secrets file); wait for the broker."""
+    from silobreak.sim_credentials import provision, read_secrets, wait_for_broker  # noqa: PLC0415
+
+    if not register:
+        return read_secrets(secrets_file)
+    with _db(settings) as conn:
+        done = provision(conn, fleet.records(), secrets_file=secrets_file, actor=actor())
+        registered_at = time.monotonic()
+        apply_to_broker(settings, conn)
+    click.echo(
+        f"registered {len(fleet)} devices ({done.new_devices} new); {len(done.changed)} "
+        f"new secret(s) ({done.replaced} replacing ones this simulator did not hold), "
+        f"kept in {secrets_file}",
+        err=True,
+    )
+    if probe and done.passwords:
+        # A device whose secret just changed is refused until the broker reloads its files.
+        device_id = done.changed[0] if done.changed else fleet.devices[0].device_id
+        waited = wait_for_broker(settings.mqtt_url, device_id, done.passwords[device_id])
+        if done.changed:
+            click.echo(f"the broker accepts the new secrets (after {waited:.1f} s)", err=True)
+    if done.activated:
+        # Ingestors reload the registry every registry_refresh: two of those (and a margin)
+        # later all of them accept the new devices, as `devices transfer` waits too.
+        settle = 2 * settings.registry_refresh.total_seconds() + 1.0
+        left = registered_at + settle - time.monotonic()
+        if left > 0:
+            click.echo(f"waiting {left:.1f} s for ingest to load the new devices", err=True)
+            time.sleep(left)
+    return done.passwords
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _span(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 @main.command()
 @click.option("--migrate/--no-migrate", default=True, show_default=True)
 @click.pass_context
 def up(ctx: click.Context, migrate: bool) -> None:
-    """Run the platform's processes against the configured broker and database."""
+    """Run ingest, its health recorder and the store's upkeep (rollups, retention, mirror).
+
+    The HTTP API and live delivery run in `silobreak streams`, scaled on their own.
+    """
     from ingest.service import Ingestor  # noqa: PLC0415
+    from silobreak.platform_run import run_with_recorder  # noqa: PLC0415
+    from silobreak.upkeep import run_upkeep  # noqa: PLC0415
     from store.migrate import migrate as do_migrate  # noqa: PLC0415
 
     settings = _settings(ctx)
     if migrate:
         do_migrate(settings.database_url, backend=settings.store_backend)
     ingestor = Ingestor(ingest_config(settings))
-    ingestor.metrics.serve(settings.metrics_host, settings.metrics_port)
-    run_async(ingestor.run)
+    ingestor.metrics.serve(settings.metrics_host, settings.metrics_port, ingestor.health)
+
+    async def platform(stop: asyncio.Event) -> None:
+        # The ingestor with the health figures the platform dashboard reads (platform_stats,
+        # every 10 s), and the store's upkeep: rollups, retention and the InfluxDB mirror.
+        await asyncio.gather(
+            run_with_recorder(settings, ingestor, stop), run_upkeep(settings, stop)
+        )
+
+    run_async(platform)
 
 
 @main.command()
@@ -172,6 +298,12 @@ def demo(
     from firmware_sim import FleetRunner  # noqa: PLC0415
     from ingest.service import Ingestor  # noqa: PLC0415
     from silobreak.local import LocalMosquitto, LocalPostgres, free_port  # noqa: PLC0415
+    from silobreak.platform_run import (  # noqa: PLC0415
+        ApiServer,
+        provision_demo,
+        run_with_recorder,
+        where_to_look,
+    )
     from store.migrate import migrate  # noqa: PLC0415
 
     with (
@@ -185,10 +317,16 @@ def demo(
             database_url=pg.url,
             ingest_client_id="demo-ingest",
             metrics_port=free_port(),
+            api_port=free_port(),
         )
         fleet = _fleet(None, devices, seed)
         _register(settings, fleet)
+        access = provision_demo(settings, sorted({r.service for r in fleet.records()}))
+        api = ApiServer(settings)
+        api.start()
         click.echo(_banner(settings, len(fleet)))
+        click.echo("\n".join(where_to_look(settings, api.url, access)))
+        click.echo("Ctrl-C stops everything.")
         runner = FleetRunner(
             fleet,
             url=mqtt.url,
@@ -199,10 +337,10 @@ def demo(
         )
         sim = threading.Thread(target=runner.run, name="simulator", daemon=True)
         ingestor = Ingestor(ingest_config(settings))
-        ingestor.metrics.serve(settings.metrics_host, settings.metrics_port)
+        ingestor.metrics.serve(settings.metrics_host, settings.metrics_port, ingestor.health)
 
         async def platform(stop: asyncio.Event) -> None:
-            task = asyncio.create_task(ingestor.run(stop))
+            task = asyncio.create_task(run_with_recorder(settings, ingestor, stop))
             sim.start()
             await _progress(ingestor, pg.url, stop, sim)
             runner.stop()
@@ -210,8 +348,11 @@ def demo(
             stop.set()
             await task
 
-        run_async(platform)
-        click.echo("stopped: simulator, ingestor, broker and database")
+        try:
+            run_async(platform)
+        finally:
+            api.stop()
+        click.echo("stopped: simulator, ingestor, streams API, broker and database")
 
 
 @contextlib.contextmanager
@@ -236,8 +377,6 @@ def _banner(settings: Settings, devices: int) -> str:
             f"  database   {settings.database_url}",
             f"  metrics    http://{settings.metrics_host}:{settings.metrics_port}/metrics",
             f"  try        psql {settings.database_url} -c '{_TRY_SQL}'",
-            "  Grafana    add a PostgreSQL datasource with the database above",
-            "Ctrl-C stops everything.",
         ]
     )
 

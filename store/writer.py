@@ -6,17 +6,22 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import psycopg
 from psycopg import sql
 
+from store.deadline import DEFAULT_TIMEOUT, Deadline, connect_kwargs
 from store.errors import StoreError, StoreUnavailable
 from store.schema import READINGS_TABLES, ReadingsTable
 
 logger = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
+# "copy": binary COPY, the production path. "unnest": one INSERT ... SELECT FROM unnest(arrays)
+# per table, for servers without COPY FROM STDIN (the PGlite TimescaleDB test server); it
+# needs no prepared statements either, which PGlite's shared session cannot hold.
+InsertMode = Literal["copy", "unnest"]
 
 REJECT_COLUMNS: Final = ("received_at", "topic", "device_id", "reason", "detail", "payload")
 _REJECT_TYPES: Final = ("timestamptz", "text", "text", "text", "text", "bytea")
@@ -49,9 +54,18 @@ class WriteResult:
 class ReadingsWriter:
     """Writes batches of readings and rejects; a batch is committed whole or not at all."""
 
-    def __init__(self, conninfo: str, *, name: str = "writer") -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        name: str = "writer",
+        insert_mode: InsertMode = "copy",
+        timeout: timedelta = DEFAULT_TIMEOUT,
+    ) -> None:
         self._conninfo = conninfo
         self._name = name
+        self._insert_mode = insert_mode
+        self._timeout = timeout
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._partitioned = False
         self._days: dict[str, set[Any]] = {}
@@ -62,7 +76,10 @@ class ReadingsWriter:
             return
         try:
             self._conn = await psycopg.AsyncConnection.connect(
-                self._conninfo, application_name=f"silobreak-{self._name}"
+                self._conninfo,
+                application_name=f"silobreak-{self._name}",
+                prepare_threshold=None if self._insert_mode == "unnest" else 5,
+                **connect_kwargs(self._conninfo, self._timeout),
             )
             await self._conn.set_autocommit(True)
             row = await (
@@ -87,9 +104,33 @@ class ReadingsWriter:
             self._conn = None
 
     async def write(
-        self, rows_by_type: Mapping[str, Sequence[Row]], rejects: Sequence[RejectRow] = ()
+        self,
+        rows_by_type: Mapping[str, Sequence[Row]],
+        rejects: Sequence[RejectRow] = (),
+        *,
+        replayed: Sequence[int] = (),
     ) -> WriteResult:
-        """Commit every row and reject of one batch; raises StoreUnavailable to be retried."""
+        """Commit every row and reject of one batch; raises StoreUnavailable to be retried,
+        also when the database has not answered within the writer's timeout.
+
+        `replayed`: ids of `rejected_messages` rows whose readings this batch stores at last
+        (`silobreak rejects replay`); they are deleted in the same transaction.
+        """
+        deadline = Deadline(self._timeout)
+        try:
+            with deadline.watch(lambda: self._conn):
+                return await self._write(rows_by_type, rejects, replayed)
+        except StoreUnavailable as exc:
+            if deadline.expired:
+                raise StoreUnavailable(f"{self._name}: {deadline.describe()}") from exc
+            raise
+
+    async def _write(
+        self,
+        rows_by_type: Mapping[str, Sequence[Row]],
+        rejects: Sequence[RejectRow],
+        replayed: Sequence[int],
+    ) -> WriteResult:
         await self.connect()
         conn = self._conn
         assert conn is not None
@@ -103,8 +144,14 @@ class ReadingsWriter:
                         new, dup = await self._write_rows(conn, READINGS_TABLES[device_type], rows)
                         stored += new
                         duplicates += dup
-                if rejects:
+                if rejects and self._insert_mode == "unnest":
+                    await _insert_rejects(conn, rejects)
+                elif rejects:
                     await _copy_rejects(conn, rejects)
+                if replayed:
+                    await conn.execute(
+                        "DELETE FROM rejected_messages WHERE id = ANY(%s)", [list(replayed)]
+                    )
         except psycopg.Error as exc:
             if conn.closed or _retryable(exc):
                 await self.close()
@@ -115,6 +162,12 @@ class ReadingsWriter:
     async def _write_rows(
         self, conn: psycopg.AsyncConnection[Any], table: ReadingsTable, rows: Sequence[Row]
     ) -> tuple[int, int]:
+        if self._insert_mode == "unnest":
+            merged = merge_first_wins(rows)
+            columns = [list(c) for c in zip(*merged, strict=True)]
+            cur = await conn.execute(_merge_sql(table, _unnest_source(table)), columns)
+            changed = max(cur.rowcount, 0)
+            return changed, len(rows) - changed
         # Fast path: plain COPY. A redelivered message breaks the primary key and rolls
         # back only this savepoint; the merge below then stores what is new.
         try:
@@ -128,7 +181,10 @@ class ReadingsWriter:
         stage = await self._stage(conn, table)
         await conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(stage)))
         await _copy(conn, stage, table.columns, table.copy_types, merged)
-        cur = await conn.execute(_merge_sql(table, stage))
+        source = sql.SQL("SELECT {} FROM {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, table.columns)), sql.Identifier(stage)
+        )
+        cur = await conn.execute(_merge_sql(table, source))
         changed = max(cur.rowcount, 0)
         return changed, len(rows) - changed
 
@@ -216,7 +272,32 @@ async def _copy_rejects(conn: psycopg.AsyncConnection[Any], rejects: Sequence[Re
     await _copy(conn, "rejected_messages", REJECT_COLUMNS, _REJECT_TYPES, rows)
 
 
-def _merge_sql(table: ReadingsTable, stage: str) -> sql.Composed:
+async def _insert_rejects(
+    conn: psycopg.AsyncConnection[Any], rejects: Sequence[RejectRow]
+) -> None:
+    columns = sql.SQL(", ").join(map(sql.Identifier, REJECT_COLUMNS))
+    arrays = sql.SQL(", ").join(sql.SQL(f"%s::{t}[]") for t in _REJECT_TYPES)
+    await conn.execute(
+        sql.SQL("INSERT INTO rejected_messages ({}) SELECT * FROM unnest({})").format(
+            columns, arrays
+        ),
+        [
+            [r.received_at for r in rejects],
+            [_text(r.topic) for r in rejects],
+            [None if r.device_id is None else _text(r.device_id) for r in rejects],
+            [r.reason for r in rejects],
+            [_text(r.detail) for r in rejects],
+            [r.payload for r in rejects],
+        ],
+    )
+
+
+def _unnest_source(table: ReadingsTable) -> sql.Composed:
+    arrays = sql.SQL(", ").join(sql.SQL(f"%s::{t}[]") for t in table.copy_types)
+    return sql.SQL("SELECT * FROM unnest({})").format(arrays)
+
+
+def _merge_sql(table: ReadingsTable, source: sql.Composable) -> sql.Composed:
     metrics = [sql.Identifier(c) for c in table.metric_columns]
     # A row that gains metrics moves to this batch, so live subscribers see it again (its
     # earlier metrics with it: at least once, for this rare case of one time sent in parts).
@@ -229,12 +310,12 @@ def _merge_sql(table: ReadingsTable, stage: str) -> sql.Composed:
     )
     cols = sql.SQL(", ").join(map(sql.Identifier, table.columns))
     return sql.SQL(
-        "INSERT INTO {table} AS r ({cols}) SELECT {cols} FROM {stage}"
+        "INSERT INTO {table} AS r ({cols}) {source}"
         " ON CONFLICT (device_id, time) DO UPDATE SET {sets} WHERE {fills}"
     ).format(
         table=sql.Identifier(table.name),
         cols=cols,
-        stage=sql.Identifier(stage),
+        source=source,
         sets=sets,
         fills=fills,
     )

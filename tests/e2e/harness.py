@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from typing import Any
 import psycopg
 
 from devices.registry import DeviceRecord, new_record
-from ingest.mqtt_wire import MqttPublisher
+from ingest.mqtt_wire import MqttError, MqttPublisher
 from silobreak.local import free_port
 from store.registry import upsert_devices
 
@@ -29,14 +30,15 @@ PHASES = ("red", "amber", "green", "flashing_amber", "off")
 
 
 class IngestProcess:
-    """`silobreak ingest` as a child process, its log read on a thread."""
+    """`silobreak ingest` (or another long-running subcommand) as a child process, its log
+    read on a thread."""
 
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+    def __init__(self, env: dict[str, str], cwd: Path, args: Sequence[str] = ("ingest",)) -> None:
         self.metrics_port = int(env.get("SILOBREAK_METRICS_PORT", "0"))
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "silobreak", "ingest"],
+            [sys.executable, "-m", "silobreak", *args],
             env={**os.environ, **env},
             cwd=cwd,
             stdout=subprocess.DEVNULL,
@@ -96,6 +98,15 @@ class IngestProcess:
             if line.startswith((name + " ", name + "{")):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
+
+    def health(self) -> tuple[int, str]:
+        """The ingestor's /healthz: (HTTP status, body)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
 
     def rss_kib(self) -> int:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
@@ -239,3 +250,91 @@ def wait_for_messages(db_url: str, prefix: str, expected: int, timeout: float = 
     """Wait until `expected` messages are stored; more than that fails at once."""
     wait_until(lambda: message_count(db_url, prefix) >= expected, timeout, f"{expected} messages")
     assert message_count(db_url, prefix) == expected
+
+
+class Publishing:
+    """Publishes QoS 1 at about `rate` messages/s on a thread of its own, as a device should:
+    when its connection drops it reconnects and sends again every message not yet
+    acknowledged, and it sends again what the broker acknowledged as routed to no subscriber
+    (reason 0x10: Mosquitto 2.0 forgets shared subscriptions over a restart until the
+    ingestors subscribe again). At least once; the store's idempotent insert makes that
+    exactly once.
+
+    `join()` waits for the last PUBACK and re-raises what stopped the thread, if anything.
+    """
+
+    # Messages sent between two waits for every PUBACK: what a dropped connection resends.
+    FLUSH_EVERY = 500
+    # A broker restart or a cut link is over in seconds; past this the publisher gives up.
+    GIVE_UP_S = 120.0
+
+    def __init__(
+        self, url: str, items: Sequence[tuple[str, bytes]], client_id: str, *, rate: float
+    ) -> None:
+        self.url = url
+        self.items = items
+        self.client_id = client_id
+        self.rate = rate
+        self.reconnects = 0
+        self.resent_unrouted = 0  # chunks sent again after a 0x10 PUBACK
+        self.acked = 0  # items[:acked] are acknowledged by the broker
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float = 120.0) -> None:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError(f"publisher still running after {timeout}s ({self.acked} acked)")
+        if self.error is not None:
+            raise self.error
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._publish())
+        except BaseException as exc:
+            self.error = exc
+
+    async def _publish(self) -> None:
+        pub = await self._connect()
+        step = max(1, int(self.rate / 20))
+        started = time.monotonic()
+        sent = 0
+        while self.acked < len(self.items):
+            try:
+                while sent < len(self.items):
+                    await pub.publish_many(self.items[sent : sent + step])
+                    sent = min(sent + step, len(self.items))
+                    if sent - self.acked >= self.FLUSH_EVERY or sent == len(self.items):
+                        await pub.flush()
+                        if pub.unrouted:
+                            pub.unrouted = 0
+                            sent = self.acked
+                            self.resent_unrouted += 1
+                            await asyncio.sleep(0.2)  # for a subscriber to come back
+                            continue
+                        self.acked = sent
+                    ahead = sent / self.rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+            except MqttError:
+                sent = self.acked
+                pub = await self._connect()
+                self.reconnects += 1
+        await pub.stop()
+
+    async def _connect(self) -> MqttPublisher:
+        deadline = time.monotonic() + self.GIVE_UP_S
+        while True:
+            pub = MqttPublisher(self.url, client_id=self.client_id, window=1000)
+            try:
+                await pub.start()
+            except MqttError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+                continue
+            return pub

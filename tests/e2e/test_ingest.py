@@ -186,6 +186,8 @@ def test_ingest_waits_out_a_database_outage_with_bounded_memory(
         pg.stop()
         down_since = time.monotonic()
         outage_log = proc.wait_for_log("unavailable", timeout=30)
+        status, why = proc.health()
+        assert (status, "store" in why) == (503, True)
         rss_start = proc.rss_kib()
         sender.join(60)  # everything is published while the database is down
         # The fault itself lasts 10 s (the outage), not a wait for a result.
@@ -197,6 +199,7 @@ def test_ingest_waits_out_a_database_outage_with_bounded_memory(
         assert not sender.is_alive()
         pg.start()
         proc.wait_for_log("store is back", timeout=60, start=outage_log)
+        assert proc.health()[0] == 200
         wait_for_messages(pg.url, device_prefix, len(items))
         assert {r[:4] for r in stored_rows(pg.url, device_prefix)} == expected_rows(items)
 

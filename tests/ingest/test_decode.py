@@ -222,3 +222,46 @@ def test_decode_reads_senml_booleans_and_strings() -> None:
 )
 def test_decode_rejects_bad_senml_as_schema_violation(pack: list[object]) -> None:
     assert reason(run("air-1", pack)) == "schema_violation"
+
+
+# Each of these once took an ingestor down, or stored what the contract refuses; all found by
+# tests/fuzz/ (a publish whose decode raises stops the receive path, and the broker hands the
+# same message back to the restarted ingestor: a crash loop on one message).
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"metrics": {"pm\xe9": 1}}',  # msgspec raised UnicodeDecodeError, not DecodeError
+        b'{"\xed\xa0\x80metrics": {"pm25": 1}}',  # an encoded surrogate msgspec let through
+        b'{"metrics": {"pm25": 1}, "note": "\xed\xb0\x80"}',  # ... and would have accepted
+    ],
+)
+def test_decode_rejects_invalid_utf8_as_malformed(raw: bytes) -> None:
+    assert reason(run("air-1", None, raw=raw)) == "malformed_payload"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"metrics": {"index": 1' + b"0" * 400 + b"}}",
+        b'{"ts": 1' + b"0" * 400 + b', "metrics": {"index": 1}}',
+        b'[{"n": "index", "v": 1, "t": 1' + b"0" * 400 + b"}]",
+        b'[{"bt": -1' + b"0" * 400 + b', "n": "index", "v": 1}]',
+    ],
+)
+def test_decode_treats_integers_past_a_double_as_not_finite(raw: bytes) -> None:
+    assert reason(run("meter-1", None, raw=raw)) == "schema_violation"
+
+
+def test_decode_rejects_infinity_for_a_metric_with_no_upper_bound() -> None:
+    for raw in (b'{"metrics": {"index": Infinity}}', b'{"metrics": {"flow": 1e400}}'):
+        assert reason(run("meter-1", None, raw=raw)) == "schema_violation"
+
+
+def test_decode_rejects_whole_numbers_the_store_cannot_hold() -> None:
+    # vehicle_count has no upper bound, but its column is int8: 2**63 once stalled ingest
+    # (the writer raised OverflowError on every retry of the batch).
+    assert isinstance(run("tl-1", {"metrics": {"vehicle_count": 2**63 - 1}}), Accepted)
+    for value in (2**63, 1e19):
+        assert reason(run("tl-1", {"metrics": {"vehicle_count": value}})) == "schema_violation"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,25 @@ def _descendants(pid: int) -> set[int]:
             found.add(child)
             todo.append(child)
     return found
+
+
+def _the_printed_api_and_subscription_work(out: str, env: dict[str, str], cwd: Path) -> None:
+    """The API docs answer, and the sample subscription command prints the granted readings."""
+    docs = re.search(r"API docs\s+(\S+)", out)
+    command = re.search(r"subscribe\s+(SILOBREAK_API_URL=\S+) (SILOBREAK_API_TOKEN=\S+) \\\n"
+                        r"\s+silobreak subscribe (.+)\n", out)  # fmt: skip
+    assert docs and command, out
+    with urllib.request.urlopen(docs[1], timeout=10) as page:
+        assert page.status == 200
+    extra = dict(kv.split("=", 1) for kv in (command[1], command[2]))
+    result = subprocess.run(
+        [sys.executable, "-m", "silobreak", "subscribe", *command[3].split(), "--count", "3"],
+        cwd=cwd, env={**env, **extra}, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    readings = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(readings) == 3
+    assert {(r["service"], r["metric"]) for r in readings} == {("mobility", "vehicle_count")}
 
 
 def test_demo_shows_data_within_a_minute_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
@@ -54,6 +75,7 @@ def test_demo_shows_data_within_a_minute_and_stops_cleanly_on_ctrl_c(tmp_path: P
                 break
             assert time.monotonic() < deadline, "".join(lines)
         assert stored > 0, "".join(lines)
+        _the_printed_api_and_subscription_work("".join(lines), env, tmp_path)
         servers = _descendants(proc.pid)
         assert servers, "the demo runs its broker and database as child processes"
 

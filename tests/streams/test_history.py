@@ -178,6 +178,10 @@ def test_an_aggregate_grant_never_yields_a_raw_reading_in_json_or_csv(town: Town
 
 def test_the_catalog_lists_one_stream_per_service_type_and_metric(town: Town) -> None:
     seed(town)
+    # The rate counts recent reading time; NOW was taken when the module was imported, which
+    # may be minutes ago in a long run: one reading timed now keeps the traffic rate above 0.
+    fresh = datetime.now(UTC).replace(microsecond=0)
+    town.write("traffic_light", [(fresh, f"{town.prefix}tl-n1", 2, 7)])
     with town.http("planning") as h:
         streams = h.get("/v1/streams").json()
     by_key = {(s["service"], s["device_type"], s["metric"]): s for s in streams}

@@ -19,6 +19,7 @@ class Proxy:
         self.target_port = target_port
         self.port = 0
         self.blocked = False
+        self.blackholed = False
         self._live: list[asyncio.Transport] = []
         self._relays: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
@@ -56,8 +57,16 @@ class Proxy:
         self.blocked = True
         self.cut()
 
+    def blackhole(self) -> None:
+        """Relay nothing until `unblock()`: current connections freeze, new ones are accepted
+        and then never answered, as behind a link that drops every packet. Frozen connections
+        stay frozen after `unblock()`, as TCP connections across such an outage do."""
+        self.blackholed = True
+        self.freeze()
+
     def unblock(self) -> None:
         self.blocked = False
+        self.blackholed = False
 
     async def _relay(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
         if self.blocked:
@@ -66,6 +75,12 @@ class Proxy:
         task = asyncio.current_task()
         assert task is not None
         self._relays.add(task)
+        if self.blackholed:
+            cast(asyncio.Transport, down_w.transport).pause_reading()
+            try:
+                await asyncio.get_running_loop().create_future()  # until __aexit__ cancels it
+            finally:
+                down_w.transport.abort()
         try:
             up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -91,7 +106,8 @@ async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
 class ThreadedProxy:
     """A `Proxy` on an event loop of its own thread, for tests whose clients are not asyncio.
 
-    `with ThreadedProxy(port) as proxy:` then `proxy.block()`, `proxy.unblock()`, `proxy.cut()`
+    `with ThreadedProxy(port) as proxy:` then `proxy.block()`, `proxy.blackhole()`,
+    `proxy.unblock()`, `proxy.cut()`
     from the test's thread; each returns once the relay has done it.
     """
 
@@ -126,6 +142,9 @@ class ThreadedProxy:
 
     def block(self) -> None:
         self._call(self._proxy.block)
+
+    def blackhole(self) -> None:
+        self._call(self._proxy.blackhole)
 
     def unblock(self) -> None:
         self._call(self._proxy.unblock)

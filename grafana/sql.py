@@ -1,0 +1,96 @@
+"""SQL the panels share: readings from the coarsest stored level that fits the panel's interval.
+
+The store keeps per-device aggregates of 1 minute and 1 hour (`agg_1m_<type>`,
+`agg_1h_<type>`, on TimescaleDB and plain PostgreSQL alike) beside the raw `readings_<type>`
+tables. `source()` reads all three shapes as one: a row per (time, device) with each metric's
+sum, count, min and max, so one outer query serves every range. Grafana sets `$__interval`
+from the range and the panel width; the branch whose level tiles it runs, the others are
+constant-false and pruned by the planner before they read anything.
+
+Queries name tables unqualified: the platform's own login finds them in `public`, a governed
+role (`grafana_<service>`) finds its views of the same names in `governed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+# Level, view prefix and width in ms, coarsest first.
+_LEVELS: Final = (("agg_1h", 3_600_000), ("agg_1m", 60_000))
+STATS: Final = ("sum", "count", "min", "max")
+
+
+def ident(name: str) -> str:
+    """A column name as SQL: `index` is a reserved word."""
+    return f'"{name}"' if name == "index" else name
+
+
+def source(device_type: str, metrics: Sequence[str], *, level: str | None = None) -> str:
+    """SELECT of (t, device_id, service, <m>_sum, <m>_count, <m>_min, <m>_max) in the range.
+
+    `level` forces one stored level ("agg_1h": for daily and hour-of-day figures); by default
+    the coarsest one whose width divides $__interval, else the raw table.
+    """
+    stats = [f"{m}_{s}" for m in metrics for s in STATS]
+    branches = []
+    previous: list[str] = []
+    for name, width in _LEVELS:
+        if level is not None and name != level:
+            continue
+        conds = [*previous, f"$__interval_ms % {width} = 0"] if level is None else []
+        conds.append("$__timeFilter(bucket)")
+        branches.append(
+            f"SELECT bucket AS t, device_id, service, {', '.join(stats)}"
+            f" FROM {name}_{device_type} WHERE {' AND '.join(conds)}"
+        )
+        previous.append(f"$__interval_ms % {width} <> 0")
+    if level is None:
+        raw = ", ".join(
+            f"{ident(m)}::float8, ({ident(m)} IS NOT NULL)::int, {ident(m)}::float8,"
+            f" {ident(m)}::float8"
+            for m in metrics
+        )
+        conds = [*previous, "$__timeFilter(time)"]
+        branches.append(
+            f"SELECT time, device_id, service, {raw} FROM readings_{device_type}"
+            f" WHERE {' AND '.join(conds)}"
+        )
+    return "\n  UNION ALL\n  ".join(branches)
+
+
+def avg(metric: str, alias: str = "s") -> str:
+    """The mean of a metric over the grouped rows of a source()."""
+    return f"sum({alias}.{metric}_sum) / nullif(sum({alias}.{metric}_count), 0)"
+
+
+def device_mean(metric: str, alias: str = "s") -> str:
+    """One source() row's mean of a metric (a device over one bucket)."""
+    return f"{alias}.{metric}_sum / nullif({alias}.{metric}_count, 0)"
+
+
+def local(column: str, timezone: str) -> str:
+    """A timestamptz as the city's wall-clock time."""
+    return f"({column} AT TIME ZONE '{timezone}')"
+
+
+def local_day(column: str, timezone: str, *, shift_hours: int = 0) -> str:
+    """The start of the city's local day holding `column` (shifted back by `shift_hours`: with
+    12, an evening and the following morning fall in one "night" that starts at noon)."""
+    shift = f" - INTERVAL '{shift_hours} hours'" if shift_hours else ""
+    back = f" + INTERVAL '{shift_hours} hours'" if shift_hours else ""
+    return (
+        f"((date_trunc('day', {local(column, timezone)}{shift}){back}) AT TIME ZONE '{timezone}')"
+    )
+
+
+def latest(device_type: str, columns: Sequence[str], *, window: str) -> str:
+    """Each device's newest reading in the `window` before the range's end (DISTINCT ON)."""
+    cols = ", ".join(f"r.{ident(c)}" for c in columns)
+    return (
+        f"SELECT DISTINCT ON (r.device_id) r.device_id, r.time, {cols}"
+        f" FROM readings_{device_type} r"
+        f" WHERE r.time > $__timeTo()::timestamptz - INTERVAL '{window}'"
+        f" AND r.time <= $__timeTo()::timestamptz"
+        f" ORDER BY r.device_id, r.time DESC"
+    )

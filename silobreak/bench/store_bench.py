@@ -1,0 +1,237 @@
+"""`silobreak bench store`: bulk-load a simulated past, then time raw against aggregate reads.
+
+Runs on its own PostgreSQL 15 (plain backend: no native TimescaleDB exists on these machines;
+the PGlite TimescaleDB is for correctness, not speed). Each query runs alternately from raw
+rows and from the aggregates, and the medians are quoted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+import psycopg
+
+from silobreak.backfill import BackfillReport, SimulatedCity, backfill_simulated
+from silobreak.local import LocalPostgres
+from store.maintain import refresh_rollups
+from store.migrate import migrate
+from store.read import LevelChoice, Pool, Selection
+from store.reader import StoreReader
+from store.schema import READINGS_TABLES
+from store.writer import ReadingsWriter
+
+# The chart the issue names: 30 days at a 1-hour step, of one streetlight's power and of a
+# district's streetlights pooled (streetlights are the most numerous type in the city).
+DEVICE_TYPE: Final = "streetlight"
+METRIC: Final = "power_w"
+STEP: Final = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryTiming:
+    chart: str
+    source: str  # "raw" or "aggregate"
+    rows: int
+    seconds: list[float]
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.seconds) * 1000
+
+
+@dataclass(slots=True)
+class StoreBenchReport:
+    devices: int
+    days: int
+    interval: timedelta
+    load: BackfillReport = field(default_factory=BackfillReport)
+    refresh_seconds: float = 0.0
+    round_refresh: list[float] = field(default_factory=list)  # after one message per device
+    sizes: dict[str, int] = field(default_factory=dict)
+    timings: list[QueryTiming] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        load = self.load
+        lines = [
+            (
+                f"Machine: {platform.node()}, {os.cpu_count()} cores, Python "
+                f"{platform.python_version()}; PostgreSQL 15 (plain backend) on the same machine."
+            ),
+            (
+                f"Data: {self.devices:,} simulated devices, {self.days} days, one message every "
+                f"{self.interval} per device ({load.messages:,} messages)."
+            ),
+            "",
+            "| bulk load | value |",
+            "|---|---|",
+            (
+                f"| messages | {load.messages:,} ({load.stored:,} rows stored, "
+                f"{sum(load.rejected.values()):,} rejected by validation) |"
+            ),
+            f"| simulate + validate + store | {load.seconds:,.1f} s: **{load.rate:,.0f} msg/s** |",
+            (
+                f"| of which waiting on the store's COPY | {load.write_seconds:,.1f} s "
+                f"({load.stored / load.write_seconds if load.write_seconds else 0:,.0f} rows/s) |"
+            ),
+            f"| rollup refresh of everything loaded | {self.refresh_seconds:,.1f} s |",
+            (
+                f"| rollup refresh after one round of the fleet ({self.devices:,} messages), "
+                f"median of {len(self.round_refresh)} | "
+                f"{statistics.median(self.round_refresh or [0]) * 1000:,.0f} ms |"
+            ),
+            "",
+            f"| chart ({self.days} days, 1-hour step) | source | rows | median | runs (ms) |",
+            "|---|---|---|---|---|",
+        ]
+        for t in self.timings:
+            runs = ", ".join(f"{s * 1000:.1f}" for s in t.seconds)
+            lines.append(f"| {t.chart} | {t.source} | {t.rows} | {t.median_ms:,.1f} ms | {runs} |")
+        lines += ["", "| relation | size |", "|---|---|"]
+        lines += [f"| {name} | {size / 2**20:,.0f} MB |" for name, size in self.sizes.items()]
+        return "\n".join(lines)
+
+
+def run_store_bench(
+    *,
+    devices: int = 1000,
+    days: int = 30,
+    interval: timedelta = timedelta(minutes=5),
+    runs: int = 7,
+    jobs: int = 1,
+    log: Callable[[str], None] = print,
+) -> StoreBenchReport:
+    report = StoreBenchReport(devices, days, interval)
+    with _database() as url:
+        end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        start = end - timedelta(days=days)
+        city = SimulatedCity(devices=devices, interval=interval)
+        log(f"loading {days} days of {devices} devices ...")
+        report.load = backfill_simulated(url, city, start, end, jobs=jobs, refresh=False)
+        log(f"loaded {report.load.messages:,} messages in {report.load.seconds:.0f} s")
+        with psycopg.connect(url, autocommit=True) as conn:
+            started = time.perf_counter()
+            refresh_rollups(conn)
+            report.refresh_seconds = time.perf_counter() - started
+            log(f"rollups refreshed in {report.refresh_seconds:.0f} s")
+            conn.execute("VACUUM ANALYZE")
+            report.sizes = _sizes(conn)
+            report.timings = _time_charts(conn, city, start, end, runs, log)
+            report.round_refresh = _time_rounds(conn, url, runs)
+            log(f"refresh after a round: {statistics.median(report.round_refresh) * 1000:.0f} ms")
+    return report
+
+
+def _time_rounds(conn: psycopg.Connection[Any], url: str, runs: int) -> list[float]:
+    """The steady state: one message from every device, then the rollup refresh it causes."""
+    devices = conn.execute("SELECT device_id, device_type, service FROM devices").fetchall()
+    seconds = []
+    for i in range(runs):
+        at = datetime.now(UTC) + timedelta(seconds=i)
+        rows: dict[str, list[tuple[Any, ...]]] = {}
+        for device_id, device_type, service in devices:
+            width = len(READINGS_TABLES[device_type].metric_columns)
+            rows.setdefault(device_type, []).append((at, device_id, service, *[1] * width))
+        asyncio.run(_write(url, rows))
+        started = time.perf_counter()
+        refresh_rollups(conn)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+async def _write(url: str, rows: dict[str, list[tuple[Any, ...]]]) -> None:
+    writer = ReadingsWriter(url, name="bench")
+    try:
+        await writer.write(rows)
+    finally:
+        await writer.close()
+
+
+def _time_charts(
+    conn: psycopg.Connection[Any],
+    city: SimulatedCity,
+    start: datetime,
+    end: datetime,
+    runs: int,
+    log: Callable[[str], None],
+) -> list[QueryTiming]:
+    fleet = city.fleet()
+    lamps = [d.record for d in fleet.devices if d.device_type == DEVICE_TYPE]
+    device = lamps[0].device_id
+    district = lamps[0].district
+    charts: list[tuple[str, Selection, Pool]] = [
+        (f"one device ({device})", Selection(DEVICE_TYPE, (METRIC,), (device,)), "device"),
+        (
+            (
+                f"one district ({district}, "
+                f"{sum(1 for r in lamps if r.district == district)} streetlights pooled)"
+            ),
+            Selection(DEVICE_TYPE, (METRIC,), district=district),
+            "district",
+        ),
+    ]
+    reader = StoreReader(conn)
+    out = []
+    for chart, sel, pool in charts:
+        levels: tuple[LevelChoice, ...] = ("raw", "auto")
+        seconds: dict[LevelChoice, list[float]] = {"raw": [], "auto": []}
+        rows: dict[LevelChoice, Any] = {}
+        for _ in range(runs + 1):  # the first round warms the cache and is not counted
+            for level in levels:
+                started = time.perf_counter()
+                rows[level] = reader.buckets(sel, start, end, STEP, pool=pool, level=level)
+                seconds[level].append(time.perf_counter() - started)
+        if [(b.bucket, b.count) for b in rows["raw"]] != [
+            (b.bucket, b.count) for b in rows["auto"]
+        ]:
+            raise RuntimeError(f"{chart}: raw and aggregate answers differ")
+        sources: tuple[tuple[LevelChoice, str], ...] = (
+            ("raw", "raw rows"),
+            ("auto", "1-hour aggregate"),
+        )
+        for level, source in sources:
+            timing = QueryTiming(chart, source, len(rows[level]), seconds[level][1:])
+            log(f"{chart} from {source}: {timing.median_ms:.1f} ms")
+            out.append(timing)
+    return out
+
+
+def _sizes(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    names = [f"{prefix}_{DEVICE_TYPE}" for prefix in ("readings", "rollup_1m", "rollup_1h")]
+    return {
+        name: int(
+            conn.execute(
+                "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits"
+                " WHERE inhparent = %s::regclass",
+                (name,),
+            ).fetchone()[0]  # type: ignore[index]
+        )
+        for name in names
+    }
+
+
+@contextmanager
+def _database() -> Iterator[str]:
+    root = Path(tempfile.mkdtemp(prefix="silobreak-bench-store-"))
+    # The database runs as the postgres user when we are root: it must reach this folder.
+    root.chmod(0o755)
+    try:
+        with LocalPostgres(root / "pg") as pg:
+            with psycopg.connect(pg.url, autocommit=True) as conn:
+                conn.execute("CREATE DATABASE bench")
+            url = pg.url_for("bench")
+            migrate(url)
+            yield url
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

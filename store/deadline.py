@@ -1,0 +1,89 @@
+"""Database calls that cannot hang: a connect timeout, and a deadline that severs a silent link."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any, Final
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+logger = logging.getLogger(__name__)
+
+# A batch commits in ~50 ms here (docs/benchmarks.md) and a connection opens in a few ms:
+# 300 times that is no slow database but a dead link or a frozen host. Short enough that an
+# ingestor reconnects well within the broker's patience; long enough for a checkpoint storm.
+DEFAULT_TIMEOUT: Final = timedelta(seconds=15)
+_Target = psycopg.AsyncConnection[Any] | Callable[[], psycopg.AsyncConnection[Any] | None]
+# libpq rounds connect_timeout to whole seconds and treats anything below 2 as 2.
+_MIN_CONNECT_TIMEOUT_S: Final = 2
+
+
+def connect_kwargs(conninfo: str, timeout: timedelta) -> dict[str, Any]:
+    """`connect_timeout` for psycopg's connect, unless the URL sets its own.
+
+    Without it a connection to a host that accepts TCP but never answers (a frozen server, a
+    proxy whose far side is gone) waits forever in the startup handshake.
+    """
+    if "connect_timeout" in conninfo_to_dict(conninfo):
+        return {}
+    seconds = max(_MIN_CONNECT_TIMEOUT_S, math.ceil(timeout.total_seconds()))
+    return {"connect_timeout": seconds}
+
+
+class Deadline:
+    """Severs the watched connection if a call on it has not returned within `timeout`.
+
+    A database behind a link that drops packets never answers and never closes: psycopg waits
+    on the socket forever. Cancelling the waiting task is no cure, since psycopg then sends a
+    cancel request over a new connection to the same dead host and waits up to 10 s more for
+    it. Shutting the socket down instead ends the pending read with EOF at once, so the call
+    fails as any broken connection does and is retried as one. `expired` tells the two apart.
+    """
+
+    def __init__(self, timeout: timedelta) -> None:
+        self.timeout = timeout
+        self.expired = False
+
+    @contextlib.contextmanager
+    def watch(self, target: _Target) -> Iterator[Deadline]:
+        """Arm the deadline for the block: `target` is the connection to sever when it fires,
+        or a function naming it then (for a caller that may open a new one meanwhile)."""
+        self.expired = False
+
+        def fire() -> None:
+            self.expired = True
+            conn = target if isinstance(target, psycopg.AsyncConnection) else target()
+            if conn is not None:
+                logger.debug("no answer from the database in %s; severing", self.timeout)
+                sever(conn)
+
+        handle = asyncio.get_running_loop().call_later(self.timeout.total_seconds(), fire)
+        try:
+            yield self
+        finally:
+            handle.cancel()
+
+    def describe(self) -> str:
+        return f"database did not answer within {self.timeout.total_seconds():g} s"
+
+
+def sever(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Shut the connection's socket down (both ways): a pending read returns EOF at once."""
+    if conn.closed:
+        return
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.OperationalError:
+        return
+    # A duplicate of the descriptor: closing it leaves psycopg's own open, which psycopg and
+    # the event loop still watch; shutdown() acts on the shared socket.
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)

@@ -1,0 +1,190 @@
+"""Dead letters against a real PostgreSQL: counted, replayed after a fix, expired."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from devices.registry import RegistrySnapshot, new_record
+from ingest.decode import Rejected, Window, decode
+from store.errors import StoreError
+from store.registry import upsert_devices
+from store.writer import ReadingsWriter, RejectRow
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+# The commands of this change register themselves on `silobreak` when imported.
+_CLI = "import silobreak.cli_rejects; from silobreak.cli import main; main(prog_name='silobreak')"
+
+
+def silobreak(tmp_path: Path, db_url: str, *args: str, **env: str) -> str:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SILOBREAK_")}
+    result = subprocess.run(
+        [sys.executable, "-c", _CLI, *args],
+        env={**clean, "SILOBREAK_DATABASE_URL": db_url, **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+def dead_letter(db_url: str, device_id: str, body: dict[str, Any], received_at: datetime) -> str:
+    """Dead-letter one message as ingest does, judged with an empty registry; returns its reason."""
+    topic = f"devices/{device_id}/telemetry"
+    payload = json.dumps(body).encode()
+    window = Window.at(received_at, max_age=timedelta(days=7), max_future=timedelta(minutes=5))
+    result = decode(topic, payload, RegistrySnapshot(()), window, max_payload=65536)
+    assert isinstance(result, Rejected)
+    reject = RejectRow(received_at, topic, device_id, result.reason, result.detail, payload)
+    write(db_url, {}, [reject])
+    return result.reason
+
+
+def write(
+    db_url: str, rows: dict[str, list[tuple[Any, ...]]], rejects: list[RejectRow], **kw: Any
+) -> None:
+    async def go() -> None:
+        writer = ReadingsWriter(db_url)
+        try:
+            await writer.write(rows, rejects, **kw)
+        finally:
+            await writer.close()
+
+    asyncio.run(go())
+
+
+def query(db_url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(db_url) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def register(db_url: str, *records: Any) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        upsert_devices(conn, records)
+
+
+def test_rejects_stats_counts_by_reason_and_device(
+    tmp_path: Path, db_url: str, device_prefix: str
+) -> None:
+    a, b = f"{device_prefix}a", f"{device_prefix}b"
+    for device, n in ((a, 3), (b, 1)):
+        for i in range(n):
+            dead_letter(db_url, device, {"metrics": {"pm25": i}}, NOW - timedelta(minutes=i))
+    register(db_url, new_record(b, "air_sensor"))
+    out = silobreak(tmp_path, db_url, "rejects", "stats", "--format", "json")
+    counts = [json.loads(line) for line in out.splitlines()]
+    assert [(c["reason"], c["device_id"], c["count"]) for c in counts] == [
+        ("unknown_device", a, 3),
+        ("unknown_device", b, 1),
+    ]
+    assert counts[0]["first_received"] < counts[0]["last_received"]
+    by_reason = silobreak(tmp_path, db_url, "rejects", "stats", "--by", "reason", "--device", a)
+    assert by_reason.splitlines()[1].split()[:2] == ["unknown_device", "3"]
+
+
+def test_replay_stores_a_late_registered_devices_messages_and_settles_them(
+    tmp_path: Path, db_url: str, device_prefix: str
+) -> None:
+    late, ghost = f"{device_prefix}late", f"{device_prefix}ghost"
+    # Received 8 days ago: inside the window as of arrival, outside it as of today.
+    received = NOW - timedelta(days=8)
+    good = [
+        {"ts": (received - timedelta(seconds=s)).isoformat(), "metrics": {"pm25": float(s)}}
+        for s in range(3)
+    ]
+    for body in good:
+        dead_letter(db_url, late, body, received)
+    # Also fails once its device is known: it stays, with the reason it fails for now.
+    dead_letter(db_url, late, {"ts": received.isoformat(), "metrics": {"pm25": 1e9}}, received)
+    dead_letter(db_url, ghost, {"metrics": {"pm25": 1.0}}, NOW)
+    write(db_url, {}, [RejectRow(NOW, f"devices/{late}/status", late, "unknown_device", "", b"{}")])
+    register(db_url, new_record(late, "air_sensor"))
+
+    out = silobreak(tmp_path, db_url, "rejects", "replay")
+    assert "3 stored, 2 still failing (1 schema_violation, 1 unknown_device)" in out
+    assert "1 skipped" in out
+    stored = query(
+        db_url,
+        "SELECT time, value, service FROM readings WHERE device_id = %s AND metric = 'pm25'"
+        " ORDER BY time",
+        late,
+    )
+    assert stored == [(received - timedelta(seconds=s), float(s), "environment") for s in (2, 1, 0)]
+    left = query(
+        db_url,
+        "SELECT device_id, reason, topic FROM rejected_messages WHERE device_id LIKE %s"
+        " ORDER BY id",
+        device_prefix + "%",
+    )
+    assert left == [
+        (late, "schema_violation", f"devices/{late}/telemetry"),
+        (ghost, "unknown_device", f"devices/{ghost}/telemetry"),
+        (late, "unknown_device", f"devices/{late}/status"),
+    ]
+    # Nothing left to store: a second replay changes nothing.
+    assert "0 stored, 2 still failing" in silobreak(tmp_path, db_url, "rejects", "replay")
+
+
+def test_replay_takes_only_what_its_filters_select(
+    tmp_path: Path, db_url: str, device_prefix: str
+) -> None:
+    one, two = f"{device_prefix}one", f"{device_prefix}two"
+    dead_letter(db_url, one, {"metrics": {"pm25": 1.0}}, NOW - timedelta(hours=3))
+    dead_letter(db_url, one, {"metrics": {"pm25": 2.0}}, NOW - timedelta(minutes=5))
+    dead_letter(db_url, two, {"metrics": {"pm25": 3.0}}, NOW - timedelta(minutes=5))
+    register(db_url, new_record(one, "air_sensor"), new_record(two, "air_sensor"))
+    out = silobreak(tmp_path, db_url, "rejects", "replay", "--device", one, "--since", "1h")
+    assert "replayed 1 dead letter(s): 1 stored" in out
+    values = query(
+        db_url, "SELECT device_id, value FROM readings WHERE device_id LIKE %s", device_prefix + "%"
+    )
+    assert values == [(one, 2.0)]
+    out = silobreak(tmp_path, db_url, "rejects", "replay", "--reason", "unknown_device")
+    assert "replayed 2 dead letter(s): 2 stored" in out
+
+
+def test_a_replayed_batch_that_fails_keeps_its_dead_letters(
+    db_url: str, device_prefix: str
+) -> None:
+    device = f"{device_prefix}x"
+    dead_letter(db_url, device, {"metrics": {"pm25": 1.0}}, NOW)
+    (reject_id,) = query(db_url, "SELECT id FROM rejected_messages WHERE device_id = %s", device)
+    bad_row = (NOW, "bad\x00id", "environment", 1.0, None, None, None, None, None)
+    with pytest.raises(StoreError):
+        write(db_url, {"air_sensor": [bad_row]}, [], replayed=[reject_id[0]])
+    assert query(db_url, "SELECT id FROM rejected_messages WHERE device_id = %s", device) == [
+        reject_id
+    ]
+
+
+def test_rejects_expire_deletes_those_past_retention(
+    tmp_path: Path, db_url: str, device_prefix: str
+) -> None:
+    device = f"{device_prefix}old"
+    for age in (timedelta(days=40), timedelta(days=31), timedelta(days=2)):
+        dead_letter(db_url, device, {"metrics": {"pm25": 1.0}}, NOW - age)
+
+    def left() -> int:
+        rows = query(db_url, "SELECT count(*) FROM rejected_messages WHERE device_id = %s", device)
+        return int(rows[0][0])
+
+    assert "deleted 2 dead letter(s)" in silobreak(tmp_path, db_url, "rejects", "expire")
+    assert left() == 1
+    out = silobreak(tmp_path, db_url, "rejects", "expire", SILOBREAK_REJECTS_RETENTION="1d")
+    assert "deleted 1 dead letter(s)" in out
+    assert left() == 0

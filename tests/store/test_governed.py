@@ -1,0 +1,182 @@
+"""Governed SQL: a service's database role sees its own readings and what its grants allow.
+
+Each test logs in over TCP as the role a Grafana datasource uses (`grafana_lighting`) and
+reads what a dashboard or an analyst's psql would.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from store.maintain import refresh_rollups
+from store.sql_roles import PLATFORM_ROLE, ensure_roles, role_for, scram_verifier
+from tests.grafana.city_day import grant
+from tests.store.store_helpers import NOW, city, readings, register, write
+
+pytestmark = pytest.mark.integration
+
+Conn = psycopg.Connection[Any]
+START = NOW - timedelta(hours=3)
+
+
+@pytest.fixture
+def store(db_url: str, device_prefix: str) -> Iterator[Conn]:
+    """Three hours of a small city (air sensors north and south, lamps, meters); roles made."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        register(conn, city(device_prefix))
+        conn.execute("UPDATE device_ownership SET valid_from = %s", (START - timedelta(days=1),))
+        write(db_url, readings(device_prefix, START, 180))
+        refresh_rollups(conn, settle=timedelta(0))
+        ensure_roles(conn)
+        yield conn
+
+
+@pytest.fixture
+def lighting(db_url: str, store: Conn) -> Iterator[Conn]:
+    del store
+    url = db_url.replace("postgresql://postgres@", "postgresql://grafana_lighting@", 1)
+    with psycopg.connect(url, autocommit=True) as conn:
+        yield conn
+
+
+def count(conn: Conn, query: str) -> int:
+    row = conn.execute(query).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_service_role_reads_its_own_readings_and_not_the_tables_behind_them(
+    lighting: Conn, store: Conn
+) -> None:
+    assert lighting.execute("SHOW search_path").fetchone() == ("governed, public",)
+    own = count(store, "SELECT count(*) FROM readings_streetlight")
+    assert own > 0
+    assert count(lighting, "SELECT count(*) FROM readings_streetlight") == own
+    assert count(lighting, "SELECT count(*) FROM readings_air_sensor") == 0
+    assert count(lighting, "SELECT count(*) FROM agg_1h_air_sensor") == 0
+    assert count(lighting, "SELECT count(*) FROM devices WHERE device_type = 'air_sensor'") == 0
+    assert {r[0] for r in lighting.execute("SELECT DISTINCT service FROM readings")} == {"lighting"}
+    for table in ("public.readings_air_sensor", "public.devices", "public.grants"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            lighting.execute(f"SELECT 1 FROM {table} LIMIT 1")
+
+
+def test_a_raw_grant_shows_only_its_metrics_and_districts_until_it_is_revoked(
+    lighting: Conn, store: Conn, device_prefix: str
+) -> None:
+    gid = grant(store, "environment", "lighting", ["air_sensor"], metrics=["no2"],
+                districts=["north"])  # fmt: skip
+    rows = lighting.execute(
+        "SELECT device_id, time, pm25, pm10, no2, o3, temperature_c, humidity_pct"
+        " FROM readings_air_sensor ORDER BY 1, 2"
+    ).fetchall()
+    expected = store.execute(
+        "SELECT device_id, time, no2 FROM readings_air_sensor"
+        " WHERE no2 IS NOT NULL AND device_id = ANY(%s) ORDER BY 1, 2",
+        ([f"{device_prefix}air-1", f"{device_prefix}air-2"],),
+    ).fetchall()
+    assert expected
+    assert [(r[0], r[1], r[4]) for r in rows] == expected  # north only, rows with NO2 only
+    assert all(r[2] is None and r[3] is None and r[5] is None and r[6] is None for r in rows)
+    visible = {r[0] for r in lighting.execute(
+        "SELECT device_id FROM devices WHERE device_type = 'air_sensor'")}  # fmt: skip
+    assert visible == {f"{device_prefix}air-1", f"{device_prefix}air-2"}
+
+    store.execute("UPDATE grants SET status = 'revoked' WHERE id = %s", (gid,))
+    assert count(lighting, "SELECT count(*) FROM readings_air_sensor") == 0
+    assert count(lighting, "SELECT count(*) FROM devices WHERE device_type = 'air_sensor'") == 0
+
+
+def test_an_expired_grant_shows_nothing_even_before_a_gateway_marks_it(
+    lighting: Conn, store: Conn
+) -> None:
+    gid = grant(store, "environment", "lighting", ["air_sensor"])
+    assert count(lighting, "SELECT count(*) FROM readings_air_sensor") > 0
+    store.execute(
+        "UPDATE grants SET expires_at = %s WHERE id = %s",
+        (datetime.now(UTC) - timedelta(seconds=1), gid),
+    )
+    assert count(lighting, "SELECT count(*) FROM readings_air_sensor") == 0
+    assert count(lighting, "SELECT count(*) FROM agg_1m_air_sensor") == 0
+
+
+def test_an_aggregate_only_grant_yields_no_raw_rows_and_only_levels_as_coarse_as_it(
+    lighting: Conn, store: Conn
+) -> None:
+    grant(store, "environment", "lighting", ["air_sensor"], metrics=["pm25"],
+          granularity="aggregate", interval_s=900, pool="device")  # fmt: skip
+    assert count(lighting, "SELECT count(*) FROM readings_air_sensor") == 0
+    assert count(lighting, "SELECT count(*) FROM readings WHERE device_type = 'air_sensor'") == 0
+    # 1-minute buckets are finer than the granted 15 minutes: none.
+    assert count(lighting, "SELECT count(*) FROM agg_1m_air_sensor") == 0
+    hourly = lighting.execute(
+        "SELECT device_id, bucket, pm25_avg, pm25_count, no2_avg, no2_count"
+        " FROM agg_1h_air_sensor ORDER BY 1, 2"
+    ).fetchall()
+    truth = store.execute(
+        "SELECT device_id, bucket, pm25_avg, pm25_count FROM agg_1h_air_sensor"
+        " WHERE pm25_count > 0 ORDER BY 1, 2"
+    ).fetchall()
+    assert truth
+    assert [r[:4] for r in hourly] == truth
+    assert all(r[4] is None and r[5] is None for r in hourly)  # NO2 was not granted
+
+
+def test_personal_data_stays_out_of_raw_grants_and_pools_below_the_minimum_are_dropped(
+    lighting: Conn, store: Conn
+) -> None:
+    grant(store, "energy", "lighting", ["meter"])
+    assert count(lighting, "SELECT count(*) FROM readings_meter") == 0
+    grant(store, "energy", "lighting", ["meter"], granularity="aggregate", interval_s=3600,
+          pool="district")  # fmt: skip
+    # One energy meter in the district: below the pool minimum of 5.
+    assert count(lighting, "SELECT count(*) FROM district_agg_1h_meter") == 0
+    store.execute("UPDATE store_settings SET value = '1' WHERE key = 'streams_min_pool'")
+    pooled = lighting.execute(
+        "SELECT district, service, devices, flow_count FROM district_agg_1h_meter"
+    ).fetchall()
+    assert pooled
+    assert {(d, s, n) for d, s, n, _ in pooled} == {("north", "energy", 1)}
+    assert count(lighting, "SELECT count(*) FROM agg_1h_meter") == 0  # no per-device rows
+
+
+def test_roles_are_idempotent_and_a_disabled_principal_loses_its_login(
+    db_url: str, store: Conn
+) -> None:
+    store.execute("INSERT INTO principals (name, kind) VALUES ('planning', 'team')")
+    roles = {c.role: c for c in ensure_roles(store, passwords={"grafana_planning": "s3cret"})}
+    assert roles["grafana_planning"].created and roles["grafana_planning"].password_set
+    assert not roles["grafana_lighting"].created
+    assert PLATFORM_ROLE in roles
+    stored = store.execute(
+        "SELECT rolpassword FROM pg_authid WHERE rolname = 'grafana_planning'"
+    ).fetchone()
+    assert stored is not None
+    # Stored as sent (a verifier PostgreSQL accepted), not hashed again as if plain text.
+    salt = base64.b64decode(str(stored[0]).split("$")[1].split(":")[1])
+    assert stored[0] == scram_verifier("s3cret", salt=salt)
+    store.execute("UPDATE principals SET disabled_at = now() WHERE name = 'planning'")
+    ensure_roles(store)
+    row = store.execute(
+        "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'grafana_planning'"
+    ).fetchone()
+    assert row == (False,)
+    assert count(store, "SELECT count(*) FROM sql_viewers WHERE principal = 'planning'") == 0
+    platform = db_url.replace("postgresql://postgres@", f"postgresql://{PLATFORM_ROLE}@", 1)
+    with psycopg.connect(platform) as conn:
+        assert count(conn, "SELECT count(*) FROM platform_stats") == 0
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT 1 FROM readings_streetlight")
+
+
+def test_role_names_past_postgresql_limit_are_refused_and_verifiers_are_scram() -> None:
+    with pytest.raises(Exception, match="longer than"):
+        role_for("x" * 60)
+    verifier = scram_verifier("pw", salt=b"0123456789abcdef")
+    assert verifier.startswith("SCRAM-SHA-256$4096:MDEyMzQ1Njc4OWFiY2RlZg==$")

@@ -1,0 +1,258 @@
+"""The store's TimescaleDB path on a real TimescaleDB 2.23 (PGlite, tests/support/timescale).
+
+Its migrations, policies and jobs, and the read interface: the same readings give the same
+answers as on plain PostgreSQL. One server for the module; each test migrates a schema of its
+own. Writes use the writer's `unnest` mode: the server has no COPY FROM STDIN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from silobreak.backfill import backfill
+from store.maintain import maintain, refresh_range, run_jobs, set_policy
+from store.read import Selection
+from store.reader import StoreReader
+from tests.store.store_helpers import (
+    NOW,
+    Conn,
+    city,
+    fetch,
+    readings,
+    register,
+    timescale_schema,
+    write,
+)
+from tests.support.timescale import LocalTimescale
+
+pytestmark = pytest.mark.integration
+
+TYPES = ("streetlight", "traffic_light", "air_sensor", "meter")
+START = NOW - timedelta(hours=3)
+
+
+@pytest.fixture(scope="module")
+def timescale() -> Iterator[LocalTimescale]:
+    with LocalTimescale() as server:
+        assert server.create_extension().startswith("2.23")
+        yield server
+
+
+@pytest.fixture
+def ts(timescale: LocalTimescale) -> Iterator[Conn]:
+    with timescale_schema(timescale) as conn:
+        yield conn
+
+
+def answers(conn: psycopg.Connection[Any], prefix: str) -> dict[str, Any]:
+    """Everything the read interface says about city(prefix) over [START, NOW + 1h)."""
+    reader = StoreReader(conn)
+    end = NOW + timedelta(hours=1)
+    out: dict[str, Any] = {}
+    for device_type in ("air_sensor", "streetlight", "meter"):
+        sel = Selection(device_type)
+        pages, after = [], None
+        while True:  # small pages: paging by key is part of what must agree
+            page = reader.raw_range(sel, START, end, after=after, limit=7)
+            pages.append(page.readings)
+            if page.next is None:
+                break
+            after = page.next
+        out[f"raw {device_type}"] = pages
+        for step in (timedelta(minutes=1), timedelta(minutes=5), timedelta(hours=1)):
+            for pool in ("device", "district"):
+                key = f"{device_type} {step} {pool}"
+                out[key] = reader.buckets(sel, START, end, step, pool=pool)
+        out[f"latest {device_type}"] = reader.latest(sel)
+    out["north pm25 1h"] = reader.buckets(
+        Selection("air_sensor", ("pm25",), district="north"), START, end, timedelta(hours=1)
+    )
+    return out
+
+
+def test_migrations_make_hypertables_aggregates_and_their_policies(ts: Conn) -> None:
+    dims = dict(
+        fetch(
+            ts,
+            "SELECT hypertable_name, time_interval FROM timescaledb_information.dimensions"
+            " WHERE hypertable_schema = current_schema()",
+        )
+    )
+    assert dims == {
+        "readings_streetlight": timedelta(days=1),
+        "readings_traffic_light": timedelta(days=1),
+        "readings_air_sensor": timedelta(days=7),
+        "readings_meter": timedelta(days=1),
+    }
+    caggs = fetch(
+        ts,
+        "SELECT view_name, materialized_only FROM timescaledb_information.continuous_aggregates"
+        " WHERE view_schema = current_schema() ORDER BY 1",
+    )
+    assert caggs == sorted((f"agg_{lv}_{t}", False) for lv in ("1m", "1h") for t in TYPES)
+    jobs = fetch(
+        ts,
+        "SELECT proc_name, count(*) FROM timescaledb_information.jobs"
+        " WHERE hypertable_schema = current_schema() OR proc_schema = current_schema()"
+        " GROUP BY 1 ORDER BY 1",
+    )
+    assert jobs == [
+        ("policy_compression", 8),  # raw tables and 1-minute aggregates
+        ("policy_refresh_continuous_aggregate", 8),
+        ("silobreak_retention", 1),
+    ]
+    settings = fetch(
+        ts,
+        "SELECT segmentby, orderby FROM timescaledb_information.hypertable_compression_settings"
+        " WHERE hypertable = 'readings_meter'::regclass",
+    )
+    assert settings == [("device_id,service", '"time" DESC')]
+
+
+def test_each_job_does_its_work_when_run(ts: Conn, timescale: LocalTimescale) -> None:
+    prefix = "jobs-"
+    register(ts, city(prefix))
+    # 12 days of meters (energy and water share chunks) and streetlights, every 2 hours.
+    old = readings(prefix, NOW - timedelta(days=12), 12 * 24 * 60, every=120)
+    write(timescale.url, {"meter": old["meter"], "streetlight": old["streetlight"]}, mode="unnest")
+    materialized = "SELECT count(*) FROM {} WHERE device_id LIKE 'jobs-%%'"
+    hyper = _materialization(ts, "agg_1h_meter")
+    assert fetch(ts, materialized.format(hyper)) == [(0,)]
+
+    run_jobs(ts, ["refresh"])
+    # The policies look 8 days back: that much is materialized, per hour and device.
+    ((hours,),) = fetch(ts, materialized.format(hyper))
+    assert 8 * 12 * 2 - 4 <= hours <= 8 * 12 * 2 + 4
+
+    run_jobs(ts, ["compression"])
+    chunks = (
+        "SELECT count(*) FILTER (WHERE is_compressed), count(*) FROM timescaledb_information.chunks"
+        " WHERE hypertable_schema = current_schema() AND hypertable_name = %s"
+    )
+    compressed, total = fetch(ts, chunks, "readings_meter")[0]
+    assert total >= 12 and compressed >= 3  # chunks wholly older than 8 days
+
+    set_policy(ts, "lighting", timedelta(days=5))
+    set_policy(ts, "energy", timedelta(days=5))
+    before = fetch(ts, chunks, "readings_streetlight")[0][1]
+    run_jobs(ts, ["retention"])
+    assert fetch(ts, chunks, "readings_streetlight")[0][1] < before  # lighting's days dropped
+    oldest = "SELECT service, min(time) FROM readings_meter GROUP BY 1 ORDER BY 1"
+    (energy, energy_min), (water, water_min) = fetch(ts, oldest)
+    assert (energy, water) == ("energy", "water")
+    assert energy_min >= NOW - timedelta(days=6)  # deleted from chunks water keeps alive
+    assert water_min < NOW - timedelta(days=11)  # water has no policy: all of it stays
+
+
+def test_same_readings_give_the_same_answers_on_both_backends(
+    ts: Conn, timescale: LocalTimescale, db_url: str
+) -> None:
+    prefix = "same-"
+    data = readings(prefix, START, 3 * 60 + 50)
+    with psycopg.connect(db_url, autocommit=True) as plain:
+        register(plain, city(prefix))
+        register(ts, city(prefix))
+        write(db_url, data)
+        write(timescale.url, data, mode="unnest")
+        # Nothing materialized yet: both aggregate from raw rows at read time.
+        realtime = answers(plain, prefix)
+        assert realtime == answers(ts, prefix)
+        maintain(plain)
+        maintain(ts)
+        refreshed = answers(plain, prefix)
+        assert refreshed == answers(ts, prefix)
+    assert refreshed == realtime
+    assert len(refreshed["air_sensor 0:01:00 device"]) > 100
+    assert {b.devices for b in refreshed["air_sensor 1:00:00 district"]} == {1, 2}
+
+
+def test_a_late_reading_changes_its_hour_after_refresh_on_both_backends(
+    ts: Conn, timescale: LocalTimescale, db_url: str
+) -> None:
+    prefix = "late-"
+    data = {"air_sensor": readings(prefix, START, 3 * 60)["air_sensor"]}
+    hour = Selection("air_sensor", ("pm25",), device_ids=(f"{prefix}air-1",))
+    late = {"air_sensor": [(START + timedelta(seconds=1), f"{prefix}air-1", "environment",
+                            1000.0, None, None, None, None, None)]}  # fmt: skip
+    # Older than the refresh policies' 8-day window: only an explicit refresh (what a
+    # backfill does) reaches it.
+    older = START - timedelta(days=20)
+    very_late = {"air_sensor": [(older, f"{prefix}air-1", "environment", 7.0, *[None] * 5)]}
+    with psycopg.connect(db_url, autocommit=True) as plain:
+        for conn, url, mode in ((plain, db_url, "copy"), (ts, timescale.url, "unnest")):
+            register(conn, city(prefix))
+            write(url, data, mode=mode)  # type: ignore[arg-type]
+            maintain(conn)
+            reader = StoreReader(conn)
+            (before, *_) = reader.buckets(hour, START, NOW, timedelta(hours=1))
+            write(url, late, mode=mode)  # type: ignore[arg-type]
+            (unchanged, *_) = reader.buckets(hour, START, NOW, timedelta(hours=1))
+            assert unchanged == before  # materialized: the late row waits for the refresh
+            maintain(conn)
+            (after, *_) = reader.buckets(hour, START, NOW, timedelta(hours=1))
+            assert (after.max, after.count) == (1000.0, before.count + 1)
+
+            write(url, very_late, mode=mode)  # type: ignore[arg-type]
+            maintain(conn)
+            refresh_range(conn, ["air_sensor"], older, older + timedelta(minutes=1))
+            old_hour = reader.buckets(hour, older, older + timedelta(hours=1), timedelta(hours=1))
+            assert [(b.count, b.max) for b in old_hour] == [(1, 7.0)]
+            materialized = _materialized_count(conn, older)
+            assert materialized == 1
+
+
+def _materialization(conn: Conn, view: str) -> str:
+    ((schema, name),) = fetch(
+        conn,
+        "SELECT materialization_hypertable_schema, materialization_hypertable_name"
+        " FROM timescaledb_information.continuous_aggregates"
+        " WHERE view_schema = current_schema() AND view_name = %s",
+        view,
+    )
+    return f"{schema}.{name}"
+
+
+def _materialized_count(conn: Conn, hour: Any) -> int:
+    """Rows stored (not computed at read time) for the hour of `hour` in agg_1h_air_sensor."""
+    backend = fetch(conn, "SELECT value FROM store_settings WHERE key = 'backend'")[0][0]
+    table = (
+        "rollup_1h_air_sensor"
+        if backend == "plain"
+        else _materialization(conn, "agg_1h_air_sensor")
+    )
+    rows = fetch(
+        conn,
+        f"SELECT count(*) FROM {table} WHERE bucket = date_trunc('hour', %s::timestamptz)",
+        hour,
+    )
+    return int(rows[0][0])
+
+
+def test_a_backfill_of_an_old_month_refreshes_its_aggregates(
+    ts: Conn, timescale: LocalTimescale
+) -> None:
+    prefix = "bulk-"
+    register(ts, city(prefix))
+    old = (NOW - timedelta(days=40)).replace(hour=2)
+    # Validated as ingest validates (one message out of range), then stored without COPY.
+    messages = [
+        (
+            f"devices/{prefix}meter-w/telemetry",
+            f'{{"ts": "{(old + timedelta(minutes=15 * k)).isoformat()}",'
+            f' "metrics": {{"index": {k}, "flow": {-1 if k == 5 else 0.5}}}}}'.encode(),
+            f"test:{k}",
+        )
+        for k in range(8)
+    ]
+    report = backfill(timescale.url, messages, insert_mode="unnest")
+    assert (report.stored, dict(report.rejected)) == (7, {"schema_violation": 1})
+    hourly = fetch(
+        ts,
+        f"SELECT bucket, index_count FROM {_materialization(ts, 'agg_1h_meter')} ORDER BY 1",
+    )
+    assert hourly == [(old, 4), (old + timedelta(hours=1), 3)]  # materialized, not real-time
