@@ -295,8 +295,11 @@ def _emit(header: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> Non
 
 # Commands defined in their own modules register themselves on `main` when imported.
 from silobreak import (  # noqa: E402, F401
+    cli_bench_faults,
+    cli_bench_sim,
     cli_grafana,
     cli_identity,
+    cli_rejects,
     cli_run,
     cli_store,
     cli_streams,
