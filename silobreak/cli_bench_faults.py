@@ -36,5 +36,8 @@ def bench_overload(
         log=lambda line: click.echo(line, err=True),
     )
     click.echo(report.markdown())
-    if report.lost or report.unrouted:
-        raise click.ClickException(f"{report.lost:,} message(s) lost, {report.unrouted:,} unrouted")
+    if report.lost or report.unrouted or report.rejected:
+        raise click.ClickException(
+            f"{report.lost:,} message(s) lost, {report.unrouted:,} unrouted, "
+            f"{report.rejected:,} dead-lettered"
+        )

@@ -27,15 +27,34 @@ _MIN_CONNECT_TIMEOUT_S: Final = 2
 
 
 def connect_kwargs(conninfo: str, timeout: timedelta) -> dict[str, Any]:
-    """`connect_timeout` for psycopg's connect, unless the URL sets its own.
+    """Connect arguments that bound every wait by `timeout`, on both ends of the connection.
 
-    Without it a connection to a host that accepts TCP but never answers (a frozen server, a
-    proxy whose far side is gone) waits forever in the startup handshake.
+    - `connect_timeout`: without it, a host that accepts TCP but never answers (a frozen
+      server, a proxy whose far side is gone) keeps the startup handshake waiting forever.
+    - `statement_timeout` and `idle_in_transaction_session_timeout` for the session: when the
+      link dies in mid-transaction, the server never hears of it and its backend keeps the
+      transaction's locks (a COPY waiting for rows, an UPDATE of devices before its COMMIT),
+      so the retry on a new connection would wait behind them until TCP gives up, hours
+      later. With these the server ends such a backend when the client's deadline ends its
+      call. Our statements take milliseconds, and a longer one the deadline cuts anyway.
+
+    What the URL sets itself is left alone.
     """
-    if "connect_timeout" in conninfo_to_dict(conninfo):
-        return {}
-    seconds = max(_MIN_CONNECT_TIMEOUT_S, math.ceil(timeout.total_seconds()))
-    return {"connect_timeout": seconds}
+    params = conninfo_to_dict(conninfo)
+    kwargs: dict[str, Any] = {}
+    if "connect_timeout" not in params:
+        seconds = max(_MIN_CONNECT_TIMEOUT_S, math.ceil(timeout.total_seconds()))
+        kwargs["connect_timeout"] = seconds
+    options = str(params.get("options") or "")
+    millis = int(timeout.total_seconds() * 1000)
+    ours = [
+        f"-c {name}={millis}"
+        for name in ("statement_timeout", "idle_in_transaction_session_timeout")
+        if name not in options
+    ]
+    if ours:
+        kwargs["options"] = " ".join([*ours, options]).strip()
+    return kwargs
 
 
 class Deadline:

@@ -11,7 +11,7 @@ from typing import Any, Final, Literal
 import psycopg
 from psycopg import sql
 
-from store.deadline import DEFAULT_TIMEOUT, Deadline, connect_kwargs
+from store.deadline import Deadline, connect_kwargs
 from store.errors import StoreError, StoreUnavailable
 from store.schema import READINGS_TABLES, ReadingsTable
 
@@ -60,7 +60,7 @@ class ReadingsWriter:
         *,
         name: str = "writer",
         insert_mode: InsertMode = "copy",
-        timeout: timedelta = DEFAULT_TIMEOUT,
+        timeout: timedelta | None = None,
     ) -> None:
         self._conninfo = conninfo
         self._name = name
@@ -79,7 +79,7 @@ class ReadingsWriter:
                 self._conninfo,
                 application_name=f"silobreak-{self._name}",
                 prepare_threshold=None if self._insert_mode == "unnest" else 5,
-                **connect_kwargs(self._conninfo, self._timeout),
+                **(connect_kwargs(self._conninfo, self._timeout) if self._timeout else {}),
             )
             await self._conn.set_autocommit(True)
             row = await (
@@ -111,11 +111,14 @@ class ReadingsWriter:
         replayed: Sequence[int] = (),
     ) -> WriteResult:
         """Commit every row and reject of one batch; raises StoreUnavailable to be retried,
-        also when the database has not answered within the writer's timeout.
+        also, given a `timeout` (store/deadline.py), when the database has not answered
+        within it. Ingest gives one; a bulk load that may take its time need not.
 
         `replayed`: ids of `rejected_messages` rows whose readings this batch stores at last
         (`silobreak rejects replay`); they are deleted in the same transaction.
         """
+        if self._timeout is None:
+            return await self._write(rows_by_type, rejects, replayed)
         deadline = Deadline(self._timeout)
         try:
             with deadline.watch(lambda: self._conn):

@@ -1,15 +1,8 @@
 """`silobreak bench overload`: publish faster than ingest stores; memory stays bounded, nothing
-is lost, and the backlog drains.
-
-Also the load publisher it starts (one process each):
-`python -m silobreak.bench.overload_bench URL --seconds S --index I --publishers P --devices D`
-prints one JSON line: how many it published, how many the broker acknowledged, how many of
-those it routed to no subscriber (PUBACK 0x10), and when it started and finished.
-"""
+is lost, and the backlog drains."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -30,15 +23,13 @@ from typing import Any, Final
 import psycopg
 
 from devices.registry import new_record
+from silobreak.bench.overload_publish import PREFIX
 from silobreak.local import LocalMosquitto, LocalPostgres, free_port
 from store.migrate import migrate
 from store.registry import upsert_devices
 
-PREFIX: Final = "overload-air-"
 # RSS and progress are sampled this often: enough points to see a trend in a 10 s run.
 _SAMPLE_S: Final = 0.5
-# Publishes generated and written per step; big writes keep the publisher cheap per message.
-_CHUNK: Final = 2000
 # Sealed batches that may wait plus the one filling (ingest/service.py's _MAX_SEALED + 1).
 _BATCHES_IN_HAND: Final = 3
 # The broker must hold the whole backlog: past max_queued_messages / max_queued_bytes
@@ -51,8 +42,8 @@ _DROPPED_TOPIC: Final = "$SYS/broker/publish/messages/dropped"
 _STORED_TOPIC: Final = "$SYS/broker/store/messages/count"
 _STARTED_TIMEOUT_S: Final = 60.0
 # The drain has ended when nothing more is stored for this long (all of it, or some lost).
-_STALLED_S: Final = 30.0
-_CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+# Mosquitto stops for its autosave (every 60 s), ~5 s with 10M messages in hand here.
+_STALLED_S: Final = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +69,8 @@ class OverloadReport:
     stored_while_publishing: int = 0
     drain_seconds: float = 0.0
     stored: int = 0
+    rejected: int = 0  # dead-lettered: none, unless the load itself is wrong
+    duplicates: int = 0  # rows ingest found stored already (redeliveries)
     idle_rss_kib: int = 0
     samples: list[Sample] = field(default_factory=list)
 
@@ -97,7 +90,7 @@ class OverloadReport:
 
     @property
     def lost(self) -> int:
-        return self.acked - self.stored
+        return self.acked - self.stored - self.rejected
 
     @property
     def broker_dropped(self) -> int:
@@ -131,8 +124,12 @@ class OverloadReport:
             ),
             ("backlog when publishing stopped", f"{backlog:,}"),
             ("time to drain it", f"{self.drain_seconds:.1f} s ({self.drain_rate:,.0f} msg/s)"),
-            ("stored in the end / lost", f"{self.stored:,} / {self.lost:,}"),
+            (
+                "stored / dead-lettered / lost",
+                f"{self.stored:,} / {self.rejected:,} / {self.lost:,}",
+            ),
             ("dropped by the broker ($SYS)", f"{self.broker_dropped:,}"),
+            ("stored twice, found by ingest (redeliveries)", f"{self.duplicates:,}"),
             ("ingest RSS idle / peak", f"{_mib(self.idle_rss_kib)} / {_mib(self.peak_rss_kib)}"),
             ("ingest messages in hand, at most", f"{self.bound_messages:,}"),
             ("broker RSS peak (it holds the backlog)", _mib(peak_broker)),
@@ -175,8 +172,12 @@ def run_overload_bench(
             report.idle_rss_kib = _rss_kib(ingest.pid)
             _overload(report, broker, ingest, int(env["SILOBREAK_METRICS_PORT"]), devices, log)
         with psycopg.connect(db_url) as conn:
-            row = conn.execute("SELECT count(*) FROM readings_air_sensor").fetchone()
-        report.stored = int(row[0]) if row else 0
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM readings_air_sensor),"
+                " (SELECT count(*) FROM rejected_messages)"
+            ).fetchone()
+        assert row is not None
+        report.stored, report.rejected = int(row[0]), int(row[1])
     return report
 
 
@@ -190,19 +191,28 @@ def _overload(
 ) -> None:
     broker_pid = int((broker.base_dir / "mosquitto.pid").read_text().strip())
     stats = _BrokerStats(broker.url)
-    procs = [_publisher(broker.url, report, i, devices) for i in range(report.publishers)]
+    # One time base for all publishers (epoch ms, two hours back: inside the accepted window);
+    # each interleaves its times with the others', so no two messages share (device, time),
+    # which the store would take for one message sent twice.
+    base_ms = int(time.time() * 1000) - 2 * 3600 * 1000
+    procs = [_publisher(broker.url, report, i, devices, base_ms) for i in range(report.publishers)]
     started = time.monotonic()
 
     def sample() -> Sample:
-        stored = _stored(metrics_port)
+        stored = _metric(metrics_port, "silobreak_ingest_stored_total")
         at = time.monotonic() - started
         rss = _rss_kib(ingest.pid), _rss_kib(broker_pid)
         return Sample(at, stored, *rss, stats.get(_STORED_TOPIC), stats.get(_DROPPED_TOPIC))
 
     try:
         _publish_and_drain(report, procs, sample, log)
+        report.duplicates = _metric(metrics_port, "silobreak_ingest_duplicates_total")
     finally:
         stats.stop()
+        for proc in procs:  # still running only when the bench failed
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
 
 
 def _publish_and_drain(
@@ -306,11 +316,13 @@ def _follow(proc: subprocess.Popen[str], text: str, log: Callable[[str], None]) 
     return reader
 
 
-def _publisher(url: str, report: OverloadReport, index: int, devices: int) -> subprocess.Popen[str]:
-    args = ["--seconds", str(report.seconds), "--index", str(index)]
+def _publisher(
+    url: str, report: OverloadReport, index: int, devices: int, base_ms: int
+) -> subprocess.Popen[str]:
+    args = ["--seconds", str(report.seconds), "--index", str(index), "--base-ms", str(base_ms)]
     args += ["--publishers", str(report.publishers), "--devices", str(devices)]
     return subprocess.Popen(
-        [sys.executable, "-m", "silobreak.bench.overload_bench", url, *args],
+        [sys.executable, "-m", "silobreak.bench.overload_publish", url, *args],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -370,10 +382,10 @@ class _BrokerStats:
         self._loop.close()
 
 
-def _stored(metrics_port: int) -> int:
+def _metric(metrics_port: int, name: str) -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
         for line in r.read().decode().splitlines():
-            if line.startswith("silobreak_ingest_stored_total "):
+            if line.startswith(name + " "):
                 return int(float(line.rsplit(" ", 1)[1]))
     return 0
 
@@ -397,62 +409,3 @@ def _rss_series(samples: list[Sample]) -> str:
         if sample.at - picked[-1].at >= step or sample is samples[-1]:
             picked.append(sample)
     return " → ".join(f"{s.at:.0f}s {s.ingest_rss_kib / 1024:.0f}" for s in picked)
-
-
-# -- the publisher process ----------------------------------------------------------------
-
-
-async def _publish(
-    url: str, seconds: float, index: int, publishers: int, devices: int
-) -> dict[str, Any]:
-    from ingest.mqtt_wire import MqttPublisher  # noqa: PLC0415 - only the publisher needs it
-
-    pub = MqttPublisher(url, client_id=f"overload-pub-{index}")
-    await pub.start()
-    topics = [f"devices/{PREFIX}{d:05d}/telemetry" for d in range(devices)]
-    # Epoch milliseconds, two hours back: inside the accepted window, and each publisher's
-    # times interleave with the others' so no two messages share (device, time).
-    base = int(time.time() * 1000) - 2 * 3600 * 1000
-    started = time.time()
-    end = time.monotonic() + seconds
-    n = 0
-    while time.monotonic() < end:
-        chunk = []
-        for i in range(n, n + _CHUNK):
-            k, d = divmod(i, devices)
-            ts = base + k * publishers + index
-            body = (
-                f'{{"ts":{ts},"metrics":{{"pm25":{5 + i % 30}.5,"pm10":{9 + i % 20}.25,'
-                f'"no2":{i % 90}.0,"o3":{60 + i % 15}.75}}}}'
-            )
-            chunk.append((topics[d], body.encode()))
-        await pub.publish_many(chunk)
-        n += _CHUNK
-    await pub.flush()
-    finished = time.time()
-    await pub.stop()
-    return {
-        "published": pub.published,
-        "acked": pub.acks_received,
-        "unrouted": pub.unrouted,
-        "started": started,
-        "finished": finished,
-    }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("url")
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--index", type=int, default=0)
-    parser.add_argument("--publishers", type=int, default=1)
-    parser.add_argument("--devices", type=int, default=1000)
-    args = parser.parse_args()
-    result = asyncio.run(
-        _publish(args.url, args.seconds, args.index, args.publishers, args.devices)
-    )
-    print(json.dumps(result), flush=True)
-
-
-if __name__ == "__main__":
-    main()
