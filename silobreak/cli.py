@@ -158,6 +158,7 @@ def ingest_config(settings: Settings) -> Any:
         max_age=settings.ingest_max_age,
         max_future=settings.ingest_max_future,
         registry_refresh=settings.registry_refresh,
+        store_timeout=settings.store_timeout,
     )
 
 
