@@ -97,6 +97,7 @@ class Gateway:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._lease: psycopg.AsyncConnection[Any] | None = None
         self._mqtt: MqttDelivery | None = None
+        self._mqtt_lock = asyncio.Lock()
         self._http: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
@@ -258,14 +259,25 @@ class Gateway:
             await sender.send(seq, body, batch.cursor, lambda: feed.closed)
             self.delivered(feed, sub, batch)
 
+    async def _mqtt_client(self) -> MqttDelivery:
+        """The gateway's one MQTT connection, made by the first worker that needs it.
+
+        Published only once connected: workers starting together wait on the lock instead of
+        publishing on a client whose CONNACK has not come yet.
+        """
+        async with self._mqtt_lock:
+            if self._mqtt is None:
+                if self.config.mqtt_url is None:
+                    raise MqttDeliveryError("no MQTT broker configured for the streams gateway")
+                client = MqttDelivery(self.config.mqtt_url)
+                await client.connect()
+                self._mqtt = client
+            return self._mqtt
+
     async def _mqtt_deliver(
         self, conn: psycopg.AsyncConnection[Any], grant: Grant, sub: Subscription, at: str
     ) -> None:
-        if self._mqtt is None:
-            if self.config.mqtt_url is None:
-                raise MqttDeliveryError("no MQTT broker configured for the streams gateway")
-            self._mqtt = MqttDelivery(self.config.mqtt_url)
-            await self._mqtt.connect()
+        mqtt = await self._mqtt_client()
         assert sub.topic is not None
         feed = self.feed(grant, sub, at)
         async for batch in _batches(feed):
@@ -276,7 +288,7 @@ class Gateway:
                 if feed.closed is not None:
                     raise FeedClosed(feed.closed)
                 try:
-                    await self._mqtt.publish(sub.topic, body)
+                    await mqtt.publish(sub.topic, body)
                     break
                 except MqttDeliveryError as exc:
                     logger.warning("MQTT delivery %s: %s; retrying", sub.id, exc)
