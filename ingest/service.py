@@ -21,7 +21,7 @@ from ingest.metrics import IngestMetrics
 from ingest.mqtt_wire import MqttSubscriber
 from ingest.status import STATUS_FILTER, STATUS_SUFFIX, PresenceWriter, Status, take_status
 from store.deadline import DEFAULT_TIMEOUT, Deadline, connect_kwargs
-from store.errors import StoreError, StoreUnavailable
+from store.errors import StoreError, StoreUnavailable, first_line
 from store.registry import load_snapshot, registry_version
 from store.writer import ReadingsWriter, RejectRow
 
@@ -111,7 +111,7 @@ class Ingestor:
                 with Deadline(self.config.store_timeout).watch(conn):
                     self._registry = await load_snapshot(conn)
             except psycopg.Error as exc:
-                why = _first_line(exc)
+                why = first_line(exc)
                 raise IngestError(f"database: cannot load the registry: {why}") from exc
             logger.info("registry: %d active devices", len(self._registry))
             await self._subscriber.start()
@@ -336,7 +336,7 @@ class Ingestor:
                 )
             except psycopg.OperationalError as exc:
                 if not retry:
-                    raise IngestError(f"database: {_first_line(exc)}") from exc
+                    raise IngestError(f"database: {first_line(exc)}") from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
 
@@ -345,8 +345,3 @@ class Ingestor:
             await self._writer.connect()
         except StoreError as exc:
             raise IngestError(str(exc)) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -19,7 +19,7 @@ import psycopg
 from devices.errors import DevicesError
 from ingest.errors import IngestError
 from silobreak.settings import Settings, SettingsError, load_settings
-from store.errors import StoreError, StoreUnavailable
+from store.errors import StoreError, StoreUnavailable, first_line
 
 logger = logging.getLogger("silobreak")
 T = TypeVar("T")
@@ -47,8 +47,7 @@ class _Group(click.Group):
         except psycopg.Error as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise click.ClickException(f"database: {first}") from None
+            raise click.ClickException(f"database: {first_line(exc)}") from None
 
 
 def _extra_user_errors() -> tuple[type[BaseException], ...]:

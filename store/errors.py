@@ -11,3 +11,9 @@ class StoreUnavailable(StoreError):
 
 class MigrationError(StoreError):
     """A migration failed or the database is in a state migrations cannot handle."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's first line, for one-line messages (its type's name when it has no text)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

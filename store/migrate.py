@@ -10,7 +10,7 @@ from typing import Any, Final, Literal
 
 import psycopg
 
-from store.errors import MigrationError, StoreUnavailable
+from store.errors import MigrationError, StoreUnavailable, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def migrate(conninfo: str, *, backend: BackendChoice = "auto") -> list[str]:
     try:
         conn = psycopg.connect(conninfo, autocommit=True, prepare_threshold=None)
     except psycopg.OperationalError as exc:
-        raise StoreUnavailable(f"database {_safe(conninfo)}: {_first_line(exc)}") from exc
+        raise StoreUnavailable(f"database {_safe(conninfo)}: {first_line(exc)}") from exc
     with conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
@@ -118,15 +118,11 @@ def _apply(conn: psycopg.Connection[Any], backend: Backend) -> list[str]:
                     (m.version, m.name),
                 )
         except psycopg.Error as exc:
-            raise MigrationError(f"migration {label} failed: {_first_line(exc)}") from exc
+            raise MigrationError(f"migration {label} failed: {first_line(exc)}") from exc
         logger.info("applied migration %s", label)
         applied.append(label)
     return applied
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _safe(conninfo: str) -> str:

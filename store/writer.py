@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 
 from store.deadline import Deadline, connect_kwargs
-from store.errors import StoreError, StoreUnavailable
+from store.errors import StoreError, StoreUnavailable, first_line
 from store.schema import READINGS_TABLES, ReadingsTable
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class ReadingsWriter:
             if conn.closed or _retryable(exc):
                 await self.close()
                 raise unavailable(self._name, exc) from exc
-            raise StoreError(f"{self._name}: batch refused: {_first_line(exc)}") from exc
+            raise StoreError(f"{self._name}: batch refused: {first_line(exc)}") from exc
         return WriteResult(stored, duplicates, len(rejects))
 
     async def _write_rows(
@@ -241,7 +241,7 @@ def merge_first_wins(rows: Sequence[Row]) -> list[Row]:
 
 
 def unavailable(name: str, exc: BaseException) -> StoreUnavailable:
-    return StoreUnavailable(f"{name}: database unavailable: {_first_line(exc)}")
+    return StoreUnavailable(f"{name}: database unavailable: {first_line(exc)}")
 
 
 async def _copy(
@@ -332,8 +332,3 @@ def _text(value: str) -> str:
 def _retryable(exc: psycopg.Error) -> bool:
     state = exc.sqlstate or ""
     return isinstance(exc, psycopg.OperationalError) or state[:2] in _RETRYABLE_CLASSES
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from store.errors import first_line
 from streams import devices_api
 from streams.errors import ApiError
 
@@ -76,7 +77,7 @@ async def _healthz(request: Request) -> JSONResponse:
         async with request.app.state.pool.connection() as conn:
             await conn.execute("SELECT 1")
     except (PoolTimeout, psycopg.Error) as exc:
-        return _body(UNAVAILABLE, "store_unavailable", _first_line(exc))
+        return _body(UNAVAILABLE, "store_unavailable", first_line(exc))
     return JSONResponse({"status": "ok"})
 
 
@@ -90,7 +91,7 @@ async def _malformed(_request: Request, exc: RequestValidationError) -> JSONResp
 
 
 async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
-    logger.warning("store unavailable: %s", _first_line(exc))
+    logger.warning("store unavailable: %s", first_line(exc))
     return _body(UNAVAILABLE, "store_unavailable", "the store cannot be reached; retry later")
 
 
@@ -100,8 +101,3 @@ def _body(
     return JSONResponse(
         jsonable_encoder({"reason": reason, "detail": detail}), status, headers=headers
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
