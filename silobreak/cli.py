@@ -18,6 +18,7 @@ import psycopg
 
 from devices.errors import DevicesError
 from ingest.errors import IngestError
+from silobreak.bench.suite import BENCHMARKS
 from silobreak.settings import Settings, SettingsError, load_settings
 from store.errors import StoreError, StoreUnavailable, first_line
 
@@ -203,9 +204,50 @@ def rejects_list(
 # -- bench -------------------------------------------------------------------------------
 
 
-@main.group()
-def bench() -> None:
-    """Benchmarks, each measured against a baseline in the same run."""
+@main.group(invoke_without_command=True)
+@click.option(
+    "--only",
+    "only",
+    multiple=True,
+    type=click.Choice(list(BENCHMARKS)),
+    help="Run this benchmark of the set (repeatable); all of them by default.",
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Small sizes: a few minutes to check the set runs, numbers not worth recording.",
+)
+@click.option(
+    "--write",
+    "write",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Put the report into this file (docs/benchmarks.md) between its markers.",
+)
+@click.pass_context
+def bench(ctx: click.Context, only: tuple[str, ...], quick: bool, write: Path | None) -> None:
+    """Benchmarks, each measured against a baseline in the same run.
+
+    Without a subcommand, runs the whole set one after another (about 35 minutes at the
+    documented sizes) and prints one report: a summary table and each benchmark's own.
+    """
+    if ctx.invoked_subcommand is not None:
+        if only or quick or write:
+            raise click.UsageError("--only, --quick and --write go with `silobreak bench` alone")
+        return
+    if quick and write:
+        raise click.UsageError("--quick numbers are a smoke test; run the full set to --write")
+    from silobreak.bench.suite import FULL, QUICK, run_suite, write_into  # noqa: PLC0415
+
+    report = run_suite(
+        profile=QUICK if quick else FULL, only=only, log=lambda line: click.echo(line, err=True)
+    )
+    text = report.markdown()
+    click.echo(text)
+    if write is not None:
+        write_into(write, text)
+        click.echo(f"wrote the report into {write}", err=True)
+    if report.failed:
+        raise click.ClickException("; ".join(report.failed))
 
 
 @bench.command("ingest")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -27,6 +25,7 @@ from typing import Any, Final
 import psycopg
 
 from devices.registry import new_record
+from silobreak.bench.machine import describe_machine
 from silobreak.local import LocalPostgres
 from store.migrate import migrate
 from store.registry import upsert_devices
@@ -56,10 +55,7 @@ class Result:
 
 
 def markdown(results: list[Result]) -> str:
-    head = (
-        f"Machine: {platform.node()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}; PostgreSQL, writer and gateway on the same machine."
-    )
+    head = f"Machine: {describe_machine()}; PostgreSQL, writer and gateway on the same machine."
     lines = [
         head,
         "",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -23,6 +22,7 @@ from psycopg import sql
 
 from devices.registry import new_record
 from silobreak.bench.baseline import TABLE_DDL
+from silobreak.bench.machine import describe_machine
 from silobreak.local import LocalMosquitto, LocalPostgres
 from store.migrate import migrate
 from store.registry import upsert_devices
@@ -65,11 +65,24 @@ class Report:
     def median_rate(self, system: str) -> float:
         return statistics.median(r.rate for r in self.runs if r.system == system)
 
+    def median_cpu(self, system: str) -> float:
+        return statistics.median(r.cpu_us_per_message for r in self.runs if r.system == system)
+
+    def paired_ratios(self) -> list[float]:
+        """silobreak's rate over the baseline's, run by run (they alternate)."""
+        return [
+            a.rate / b.rate
+            for a, b in zip(
+                [r for r in self.runs if r.system == "silobreak"],
+                [r for r in self.runs if r.system == "baseline"],
+                strict=False,
+            )
+        ]
+
     def markdown(self, *, ingestors: int) -> str:
         systems = list(dict.fromkeys(r.system for r in self.runs))
         machine = (
-            f"Machine: {platform.node()}, {os.cpu_count()} cores, "
-            f"Python {platform.python_version()}; broker, ingest and PostgreSQL on the same "
+            f"Machine: {describe_machine()}; broker, ingest and PostgreSQL on the same "
             f"machine; {ingestors} silobreak ingestor(s)."
         )
         header = (
@@ -81,20 +94,12 @@ class Report:
             runs = [r for r in self.runs if r.system == system]
             rate = self.median_rate(system)
             each = ", ".join(f"{r.rate:,.0f}" for r in runs)
-            cpu = statistics.median(r.cpu_us_per_message for r in runs)
             lines.append(
                 f"| {system} | {len(runs)} | {runs[0].messages:,} | {rate:,.0f} "
-                f"| {4 * rate:,.0f} | {each} | {cpu:.1f} |"
+                f"| {4 * rate:,.0f} | {each} | {self.median_cpu(system):.1f} |"
             )
         if "silobreak" in systems and "baseline" in systems:
-            ratios = [
-                a.rate / b.rate
-                for a, b in zip(
-                    [r for r in self.runs if r.system == "silobreak"],
-                    [r for r in self.runs if r.system == "baseline"],
-                    strict=False,
-                )
-            ]
+            ratios = self.paired_ratios()
             paired = ", ".join(f"{x:.2f}x" for x in ratios)
             median = statistics.median(ratios)
             lines += ["", f"silobreak / baseline, per paired run: {paired}; median {median:.2f}x."]

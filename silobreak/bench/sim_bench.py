@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from silobreak.bench.machine import describe_machine
 from silobreak.local import LocalMosquitto
 
 SYSTEMS: Final = ("silobreak", "aiomqtt")
@@ -82,8 +82,7 @@ class SimReport:
     def markdown(self) -> str:
         first = self.runs[0]
         machine = (
-            f"Machine: {platform.node()}, {os.cpu_count()} cores, Python "
-            f"{platform.python_version()}; broker and fleet on the same machine. "
+            f"Machine: {describe_machine()}; broker and fleet on the same machine. "
             f"{first.devices:,} devices, one connection each, one QoS 1 message every "
             f"{first.interval:g} s ({first.target:,.0f} msg/s offered), measured over "
             f"{first.seconds:.0f} s after every device connected. Medians of the runs."

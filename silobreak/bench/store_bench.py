@@ -8,8 +8,6 @@ rows and from the aggregates, and the medians are quoted.
 from __future__ import annotations
 
 import asyncio
-import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -24,6 +22,7 @@ from typing import Any, Final
 import psycopg
 
 from silobreak.backfill import BackfillReport, SimulatedCity, backfill_simulated
+from silobreak.bench.machine import describe_machine
 from silobreak.local import LocalPostgres
 from store.maintain import refresh_rollups
 from store.migrate import migrate
@@ -65,10 +64,7 @@ class StoreBenchReport:
     def markdown(self) -> str:
         load = self.load
         lines = [
-            (
-                f"Machine: {platform.node()}, {os.cpu_count()} cores, Python "
-                f"{platform.python_version()}; PostgreSQL 15 (plain backend) on the same machine."
-            ),
+            (f"Machine: {describe_machine()}; PostgreSQL (plain backend) on the same machine."),
             (
                 f"Data: {self.devices:,} simulated devices, {self.days} days, one message every "
                 f"{self.interval} per device ({load.messages:,} messages)."
