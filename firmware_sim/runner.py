@@ -8,7 +8,7 @@ import random
 import selectors
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final, Literal
@@ -17,7 +17,7 @@ from firmware_sim.clock import SimClock
 from firmware_sim.errors import BrokerError, SimError
 from firmware_sim.fleet import Fleet
 from firmware_sim.generator import SimMessage, messages
-from firmware_sim.link import Link, parse_broker_url
+from firmware_sim.link import MQTT_VERSIONS, Link, MqttVersion, parse_broker_url
 from firmware_sim.payloads import status
 
 logger = logging.getLogger(__name__)
@@ -25,9 +25,13 @@ logger = logging.getLogger(__name__)
 Mode = Literal["per_device", "load"]
 
 # Reconnect backoff: 0.5 s doubling to 30 s, each delay jittered down to half so a fleet
-# cut off at once does not come back at once.
+# cut off at once does not come back at once. A device whose telemetry no subscriber took
+# (PUBACK 0x10, MQTT 5) holds its readings and tries one again after the same backoff: a city
+# whose ingestors are gone sends one message per device every 15-30 s, not its buffer in a loop.
 BACKOFF_MIN_S: Final = 0.5
 BACKOFF_MAX_S: Final = 30.0
+# How often at most the runner says that devices hold their readings.
+_HOLD_LOG_EVERY_S: Final = 60.0
 # Connections opened per loop turn: keeps CONNACKs and publishes flowing during a storm.
 _CONNECTS_PER_TURN: Final = 200
 # Connections awaiting their CONNACK at most. Mosquitto listens with a backlog of 100; past it
@@ -54,13 +58,18 @@ _FOREVER: Final = timedelta(days=36_500)
 
 @dataclass(slots=True)
 class RunStats:
-    """What a run did; `acknowledged + unsent + dropped` accounts for every generated message."""
+    """What a run did; `acknowledged + unsent + dropped` accounts for every generated message.
+
+    `unrouted` counts telemetry PUBACKs with 0x10 (MQTT 5: no subscriber took it), each
+    message of which went back to its device's buffer to be sent again.
+    """
 
     generated: int = 0
     acknowledged: int = 0
     buffered: int = 0
     dropped: int = 0
     unsent: int = 0
+    unrouted: int = 0
     connects: int = 0
     connect_failures: int = 0
     online: int = 0
@@ -77,6 +86,11 @@ class FleetRunner:
     (password from `passwords`, else the URL's credentials), retained online status at
     connect and an offline last will. mode "load": the devices share `connections`
     connections using the URL's credentials; they announce online/offline but have no will.
+
+    mqtt_version "5": a device treats telemetry acknowledged with 0x10 (no matching
+    subscribers) as not delivered, keeps it in its buffer and sends it again after a backoff
+    (see `Link`). "3.1.1": the broker's PUBACK cannot say so, and such messages are lost.
+    Devices in `leave_out` (decommissioned ones) do not run: their messages are skipped.
     """
 
     def __init__(
@@ -97,9 +111,13 @@ class FleetRunner:
         drain_timeout: timedelta = timedelta(seconds=10),
         client_prefix: str = "silobreak-sim",
         seed: int = 0,
+        mqtt_version: MqttVersion = "3.1.1",
+        leave_out: Collection[str] = (),
     ) -> None:
         if mode not in ("per_device", "load"):
             raise SimError(f"mode must be 'per_device' or 'load', got {mode!r}")
+        if mqtt_version not in MQTT_VERSIONS:
+            raise SimError(f"mqtt_version must be one of {MQTT_VERSIONS}, got {mqtt_version!r}")
         if connections < 1 or buffer_limit < 1 or inflight < 1:
             raise SimError("connections, buffer_limit and inflight must be at least 1")
         self.fleet = fleet
@@ -116,11 +134,16 @@ class FleetRunner:
         self._inflight = inflight
         self._drain_timeout = drain_timeout.total_seconds()
         self._client_prefix = client_prefix
+        self._mqtt_version: MqttVersion = mqtt_version
+        self._leave_out = frozenset(leave_out)
         # Backoff jitter only, never security: a seeded generator keeps runs reproducible.
         self._random = random.Random(seed)  # noqa: S311
         self._stop = threading.Event()
         self._selector = selectors.DefaultSelector()
         self._retries: list[tuple[float, int]] = []
+        # (when, link index) of links holding their messages after a 0x10, by when they resume.
+        self._holds: list[tuple[float, int]] = []
+        self._next_hold_log = 0.0
         self._links: list[Link] = []
         self._link_of: dict[str, Link] = {}
         self._index_of: dict[int, int] = {}
@@ -137,6 +160,7 @@ class FleetRunner:
         snapshot.acknowledged = sum(link.acked for link in links)
         snapshot.dropped = sum(link.dropped for link in links)
         snapshot.unsent = sum(len(link.backlog) + link.outstanding for link in links)
+        snapshot.unrouted = sum(link.unrouted for link in links)
         snapshot.online = sum(link.connected for link in links)
         return snapshot
 
@@ -165,7 +189,7 @@ class FleetRunner:
 
     def _build_links(self) -> None:
         will = status("offline", None)
-        devices = self.fleet.devices
+        devices = [d for d in self.fleet.devices if d.device_id not in self._leave_out]
         groups: list[tuple[str, tuple[str, ...]]]
         if self._mode == "per_device":
             groups = [(d.device_id, (d.device_id,)) for d in devices]
@@ -193,6 +217,8 @@ class FleetRunner:
                 on_lost=self._lost,
                 online=self._online_status,
                 pending_writes=self._pending_writes,
+                mqtt_version=self._mqtt_version,
+                on_hold=self._hold,
             )
             self._index_of[id(link)] = len(self._links)
             self._links.append(link)
@@ -225,6 +251,7 @@ class FleetRunner:
             if ends_at is not None and now >= ends_at:
                 return
             self._reconnect_due(now)
+            self._resume_due(now)
             if now >= next_misc:
                 self._misc()
                 next_misc = now + _MISC_EVERY_S
@@ -248,7 +275,9 @@ class FleetRunner:
             self._service(wait)
 
     def _dispatch(self, message: SimMessage) -> None:
-        link = self._link_of[message.device_id]
+        link = self._link_of.get(message.device_id)
+        if link is None:  # left out of the run
+            return
         self.stats.generated += 1
         self.stats.sim_end = message.time
         if not link.connected:
@@ -260,6 +289,7 @@ class FleetRunner:
             if all(link.idle for link in self._links):
                 return
             self._reconnect_due(time.monotonic())
+            self._resume_due(time.monotonic())
             self._service(0.05)
 
     def _goodbye(self, clock: SimClock) -> None:
@@ -286,10 +316,17 @@ class FleetRunner:
             self.stats.acknowledged += link.acked
             self.stats.dropped += link.dropped
             self.stats.unsent += len(link.backlog) + link.outstanding
+            self.stats.unrouted += link.unrouted
             if link.client.socket() is not None:
                 link.client.disconnect()
                 link.client.loop_write()
         self._selector.close()
+        if self.stats.unrouted:
+            logger.info(
+                "%d telemetry message(s) were acknowledged as routed to no subscriber (0x10)"
+                " and sent again",
+                self.stats.unrouted,
+            )
         self.stats.cpu_s = time.process_time() - cpu0
         self.stats.wall_s = time.monotonic() - wall0
 
@@ -342,6 +379,25 @@ class FleetRunner:
                 self.stats.connect_failures += 1
                 logger.debug("%s", exc)
                 self._schedule_retry(i, now)
+
+    def _hold(self, link: Link) -> None:
+        """A link got a 0x10 for telemetry: resume it after its backoff (jittered down)."""
+        now = time.monotonic()
+        if not self._holds and now >= self._next_hold_log:
+            logger.warning(
+                "the broker routed telemetry to no subscriber (PUBACK 0x10; is ingest"
+                " subscribed?): devices keep it buffered and try again with a backoff"
+            )
+            self._next_hold_log = now + _HOLD_LOG_EVERY_S
+        delay = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2.0**link.hold_attempts)
+        link.hold_attempts = min(link.hold_attempts + 1, 16)
+        when = now + delay * self._random.uniform(0.5, 1.0)
+        heapq.heappush(self._holds, (when, self._index_of[id(link)]))
+
+    def _resume_due(self, now: float) -> None:
+        while self._holds and self._holds[0][0] <= now:
+            _, i = heapq.heappop(self._holds)
+            self._links[i].resume()
 
     def _schedule_retry(self, i: int, now: float) -> None:
         link = self._links[i]

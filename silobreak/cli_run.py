@@ -86,10 +86,19 @@ def _register(settings: Settings, fleet: Any) -> int:
 @click.option("--duration", callback=_duration, help="Stop after this long (e.g. 10m).")
 @click.option("--max-messages", type=click.IntRange(1), help="Stop after this many messages.")
 @click.option(
+    "--mqtt-version",
+    type=click.Choice(["5", "3.1.1"]),
+    default="5",
+    show_default=True,
+    help="5: telemetry the broker routed to no subscriber (0x10) is kept and sent again; "
+    "3.1.1: it is lost.",
+)
+@click.option(
     "--register/--no-register",
     default=True,
     show_default=True,
-    help="Register the fleet first, giving devices without one a secret (idempotent).",
+    help="Register the fleet's missing devices, giving active ones without one a secret "
+    "(idempotent; decommissioned devices stay so and are left out).",
 )
 @click.option(
     "--secrets-file",
@@ -117,6 +126,7 @@ def simulate(
     connections: int,
     duration: timedelta | None,
     max_messages: int | None,
+    mqtt_version: str,
     register: bool,
     secrets_file: Path,
     progress: timedelta,
@@ -128,7 +138,9 @@ def simulate(
     fleet = _fleet(scenario, devices, seed)
     _check_since(settings, fleet, since, speed)
     per_device = mode == "per-device"
-    passwords = _credentials(settings, fleet, secrets_file, register=register, probe=per_device)
+    passwords, left_out = _credentials(
+        settings, fleet, secrets_file, register=register, probe=per_device
+    )
     runner = FleetRunner(
         fleet,
         url=settings.mqtt_url,
@@ -139,10 +151,13 @@ def simulate(
         start=None if since is None else datetime.now(UTC) - since,
         duration=duration,
         max_messages=max_messages,
+        mqtt_version="5" if mqtt_version == "5" else "3.1.1",
+        leave_out=left_out,
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: runner.stop())
-    links = len(fleet) if per_device else min(connections, len(fleet))
+    running = len(fleet) - len(left_out)
+    links = running if per_device else min(connections, running)
     finished = threading.Event()
     if progress > timedelta(0):
         reporter = threading.Thread(
@@ -199,12 +214,14 @@ def _check_since(settings: Settings, fleet: Any, since: timedelta | None, speed:
 
 def _credentials(
     settings: Settings, fleet: Any, secrets_file: Path, *, register: bool, probe: bool
-) -> dict[str, str]:
-    """Register the fleet with credentials (or read the secrets file); wait for the broker."""
+) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Register the fleet's missing devices with credentials (or read the secrets file); wait
+    for the broker. Returns the devices' passwords and the decommissioned devices to leave out.
+    """
     from silobreak.sim_credentials import provision, read_secrets, wait_for_broker  # noqa: PLC0415
 
     if not register:
-        return read_secrets(secrets_file)
+        return read_secrets(secrets_file), ()
     with _db(settings) as conn:
         done = provision(conn, fleet.records(), secrets_file=secrets_file, actor=actor())
         registered_at = time.monotonic()
@@ -215,9 +232,17 @@ def _credentials(
         f"kept in {secrets_file}",
         err=True,
     )
-    if probe and done.passwords:
+    if done.decommissioned:
+        click.echo(
+            f"left out {len(done.decommissioned)} decommissioned device(s): not re-activated "
+            "(`silobreak devices add` or `import` brings one back)",
+            err=True,
+        )
+    if not done.passwords:
+        raise click.ClickException("every device of the fleet is decommissioned: nothing to run")
+    if probe:
         # A device whose secret just changed is refused until the broker reloads its files.
-        device_id = done.changed[0] if done.changed else fleet.devices[0].device_id
+        device_id = done.changed[0] if done.changed else next(iter(done.passwords))
         waited = wait_for_broker(settings.mqtt_url, device_id, done.passwords[device_id])
         if done.changed:
             click.echo(f"the broker accepts the new secrets (after {waited:.1f} s)", err=True)
@@ -229,7 +254,7 @@ def _credentials(
         if left > 0:
             click.echo(f"waiting {left:.1f} s for ingest to load the new devices", err=True)
             time.sleep(left)
-    return done.passwords
+    return done.passwords, done.decommissioned
 
 
 def _iso(moment: datetime) -> str:
@@ -334,6 +359,7 @@ def demo(
             speed=speed,
             start=datetime.now(UTC) - since,
             duration=duration,
+            mqtt_version="5",  # held and sent again until ingest has subscribed
         )
         sim = threading.Thread(target=runner.run, name="simulator", daemon=True)
         ingestor = Ingestor(ingest_config(settings))
@@ -388,7 +414,7 @@ async def _progress(ingestor: Any, db_url: str, stop: asyncio.Event, sim: thread
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), _PROGRESS_EVERY_S)
         m = ingestor.metrics
-        rows = m.stored._value.get()
+        rows = m.registry.get_sample_value("silobreak_ingest_stored_total") or 0.0
         now = time.monotonic()
         rejects = {
             s.labels["reason"]: int(s.value)

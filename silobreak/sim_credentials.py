@@ -18,7 +18,7 @@ from devices.credentials import broker_hash_matches
 from devices.registry import DeviceRecord
 from firmware_sim import BrokerError, parse_broker_url
 from firmware_sim.link import connect_refusal
-from store.lifecycle import register_devices, revoke_secrets
+from store.lifecycle import LifecycleError, register_devices, rotate_secret
 
 logger = logging.getLogger(__name__)
 
@@ -40,15 +40,18 @@ class SimSecretsError(OSError):
 class FleetCredentials:
     """The fleet's MQTT passwords after registration, and what registration changed."""
 
+    # Every active device of the fleet (decommissioned ones have none).
     passwords: dict[str, str]
     new_devices: int
-    # Devices that were not active before (new, or decommissioned): ingest refuses their
-    # readings as unknown_device until its next registry refresh.
+    # Devices this run made active: ingest refuses their readings as unknown_device until its
+    # next registry refresh. The new ones only: a decommissioned device is never re-activated.
     activated: int
-    # Devices given a secret in this run: new, revoked or decommissioned before, or holding a
-    # live credential whose secret this simulator did not have (those are `replaced` too).
+    # Devices given a secret in this run: new ones, and active ones whose secret this
+    # simulator did not hold (a live one it lacks is `replaced`; or the device had none).
     changed: tuple[str, ...]
     replaced: int
+    # Devices of the fleet an operator decommissioned: left so, and out of the run.
+    decommissioned: tuple[str, ...] = ()
 
 
 def provision(
@@ -58,20 +61,24 @@ def provision(
     secrets_file: Path,
     actor: str,
 ) -> FleetCredentials:
-    """Register the fleet with a live credential for every device, and know each secret.
+    """Register the fleet's missing devices, and know a live secret of every active one.
 
-    A device whose live credential matches the secret in the file keeps it, so running the
-    same city again (or twice at once) disconnects nothing. A device with a live credential
-    whose secret the file lacks (the file was lost, or someone rotated it) gets a new one:
-    the simulator owns its devices. New secrets reach the file before the registry commits.
+    Devices already in the registry are left as they are (owner, place, attributes): only
+    the missing ones are registered. A decommissioned device stays decommissioned, and its
+    secret, revoked with it, leaves the file. An active device whose live credential matches
+    the secret in the file keeps it, so running the same city again (or twice at once)
+    disconnects nothing; one whose secret the file lacks (the file was lost, or someone
+    rotated or revoked it) gets a new one: the simulator owns the devices it runs. The file
+    is written before the registry commits.
     """
     held = read_secrets(secrets_file)
     ids = [r.device_id for r in records]
     with conn.transaction():
-        active = conn.execute(
-            "SELECT count(*) FROM devices WHERE device_id = ANY(%s) AND lifecycle = 'active'",
-            (ids,),
-        ).fetchone()
+        lifecycle: dict[str, str] = dict(
+            conn.execute(
+                "SELECT device_id, lifecycle FROM devices WHERE device_id = ANY(%s)", (ids,)
+            ).fetchall()
+        )
         live: dict[str, str] = dict(
             conn.execute(
                 "SELECT device_id, broker_hash FROM device_credentials"
@@ -79,26 +86,37 @@ def provision(
                 (ids,),
             ).fetchall()
         )
+        active = [i for i in ids if lifecycle.get(i) == "active"]
+        retired = [i for i in ids if i in lifecycle and lifecycle[i] != "active"]
         kept = {
-            device_id: held[device_id]
-            for device_id, stored in live.items()
-            if device_id in held and broker_hash_matches(held[device_id], stored)
+            i: held[i]
+            for i in active
+            if i in live and i in held and broker_hash_matches(held[i], live[i])
         }
-        unknown = sorted(live.keys() - kept.keys())
-        if unknown:
-            revoke_secrets(conn, unknown, actor=actor)
-
-        def deliver(secrets: dict[str, str]) -> None:
-            if secrets:
-                write_secrets(secrets_file, {**held, **secrets})
-
-        done = register_devices(conn, records, actor=actor, deliver=deliver)
+        missing = [r for r in records if r.device_id not in lifecycle]
+        issued: dict[str, str] = {}
+        new = 0
+        if missing:
+            new = register_devices(conn, missing, actor=actor, deliver=issued.update).new
+        replaced = 0
+        for device_id in (i for i in active if i not in kept):
+            try:
+                issued[device_id] = rotate_secret(conn, device_id, actor=actor)
+            except LifecycleError:  # decommissioned since the lookup above
+                retired.append(device_id)
+                continue
+            replaced += device_id in live
+        stale = {i for i in retired if i in held}
+        if issued or stale:
+            remaining = {i: secret for i, secret in held.items() if i not in stale}
+            write_secrets(secrets_file, remaining | issued)
     return FleetCredentials(
-        passwords={**kept, **done.secrets},
-        new_devices=done.new,
-        activated=len(set(ids)) - (active[0] if active else 0),
-        changed=tuple(done.secrets),
-        replaced=len(unknown),
+        passwords=kept | issued,
+        new_devices=new,
+        activated=new,
+        changed=tuple(issued),
+        replaced=replaced,
+        decommissioned=tuple(retired),
     )
 
 

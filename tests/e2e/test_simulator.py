@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,6 +29,7 @@ from firmware_sim import (
 from firmware_sim.link import connect_refusal
 from silobreak.local import LocalMosquitto
 from silobreak.sim_credentials import DEFAULT_SECRETS_FILE, provision, read_secrets
+from store.lifecycle import decommission, transfer
 from tests.e2e.harness import IngestProcess, message_count, query, wait_until
 from tests.e2e.secure_broker import SecureCity, start_secure_city
 from tests.firmware_sim.checks import decode
@@ -219,6 +220,76 @@ def test_a_fleet_cut_off_for_60_simulated_seconds_delivers_every_buffered_readin
     assert set(reasons) <= {"malformed_payload", "schema_violation"}
 
 
+def test_simulate_registers_only_missing_devices_and_never_reactivates_a_decommissioned_one(
+    broker: LocalMosquitto,
+    db_url: str,
+    city: City,
+    tmp_path: Path,
+    start_ingestor: StartIngestor,
+) -> None:
+    secrets_file = tmp_path / DEFAULT_SECRETS_FILE
+    records = city.fleet.records()
+    retired = {records[0].device_id, records[5].device_id}
+    moved = records[1].device_id
+    ids = {r.device_id for r in records}
+    # A city registered earlier without its last device; then an operator takes two devices
+    # off the street and hands one to another service.
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        provision(conn, records[:-1], secrets_file=secrets_file, actor="test")
+        decommission(conn, sorted(retired), actor="operator", reason="removed")
+        transfer(conn, moved, "roads", actor="operator")
+    before = read_secrets(secrets_file)
+    start_ingestor(broker.url, db_url)
+    env = {
+        "SILOBREAK_DATABASE_URL": db_url,
+        "SILOBREAK_MQTT_URL": broker.url,
+        "SILOBREAK_REGISTRY_REFRESH": "200ms",  # as the ingestor's
+    }
+    run = simulate(tmp_path, city, env, "--since", "10m", "--max-messages", "120")
+    assert run.returncode == 0, run.stderr
+    assert "(1 new); 1 new secret(s) (0 replacing" in run.stderr
+    said = [line for line in run.stderr.splitlines() if "decommissioned" in line]
+    assert len(said) == 1, said
+    assert said[0].startswith("left out 2 decommissioned device(s): not re-activated")
+
+    # The registry as the operator left it, plus the missing device.
+    rows = query(
+        db_url,
+        "SELECT device_id, lifecycle, service FROM devices WHERE device_id LIKE %s",
+        city.prefix + "%",
+    )
+    assert {r[0] for r in rows} == ids
+    assert {r[0] for r in rows if r[1] != "active"} == retired
+    assert {r[0]: r[2] for r in rows}[moved] == "roads"
+    owners = query(db_url, "SELECT service FROM device_ownership WHERE device_id = %s", moved)
+    assert len(owners) == 2  # the first owner and the transfer, no transfer back
+    live = query(
+        db_url,
+        "SELECT device_id FROM device_credentials WHERE device_id = ANY(%s) AND revoked_at IS NULL",
+        sorted(retired),
+    )
+    assert live == []
+    # The secrets file: the new device's secret added, the retired ones' (revoked) gone, every
+    # other one unchanged.
+    after = read_secrets(secrets_file)
+    assert after.keys() == ids - retired
+    assert {i: after[i] for i in before.keys() - retired} == {
+        i: s for i, s in before.items() if i not in retired
+    }
+
+    # Nothing published for a decommissioned device: every message of the run was stored,
+    # or dead-lettered for its own fault, never as unknown_device.
+    done = outcome(run)
+    assert (done.acknowledged, done.dropped, done.unsent) == (120, 0, 0)
+    expected = expected_rows(city.fleet, done.sim_start, done.generated, leave_out=retired)
+    assert not {r[0] for r in expected} & retired
+    wait_until(
+        lambda: Counter(stored_rows(db_url, city.prefix)) == expected, 60, "the run's readings"
+    )
+    reasons = dict(query(db_url, "SELECT reason, count(*) FROM rejected_messages GROUP BY 1"))
+    assert set(reasons) <= {"malformed_payload", "schema_violation"}
+
+
 # -- helpers ---------------------------------------------------------------------------------
 
 
@@ -264,10 +335,14 @@ def last_progress_at(lines: list[str]) -> datetime:
     return datetime.fromisoformat(stamps[-1])
 
 
-def expected_rows(fleet: Fleet, start: datetime, count: int) -> Counter[Row]:
-    """One row per metric of every well-formed reading among the first `count` messages."""
+def expected_rows(
+    fleet: Fleet, start: datetime, count: int, *, leave_out: Collection[str] = ()
+) -> Counter[Row]:
+    """One row per metric of every well-formed reading among the first `count` messages
+    (of the devices not left out of the run)."""
     rows: Counter[Row] = Counter()
-    sent = itertools.islice(messages(fleet, start, start + timedelta(days=1)), count)
+    every = messages(fleet, start, start + timedelta(days=1))
+    sent = itertools.islice((m for m in every if m.device_id not in leave_out), count)
     for message in sent:
         if message.kind != "ok":  # broken, out of range (rejected), a repeat, or an event
             continue

@@ -66,8 +66,10 @@ def test_only_secrets_the_simulator_does_not_hold_are_replaced(
         decommission(conn, [retired], actor=ACTOR)
         again = provision(conn, records, secrets_file=path, actor=ACTOR)
         stored = stored_hashes(conn)
-    assert set(again.changed) == {lost, rotated, retired}
-    assert (again.replaced, again.activated) == (2, 1)  # the decommissioned one is back
+    assert set(again.changed) == {lost, rotated}
+    # The decommissioned one stays so, without a secret, and out of the file.
+    assert (again.replaced, again.activated, again.decommissioned) == (2, 0, (retired,))
+    assert retired not in again.passwords and retired not in stored
     assert again.passwords[kept] == first.passwords[kept]
     assert all(broker_hash_matches(again.passwords[d], stored[d]) for d in (lost, rotated, kept))
     assert read_secrets(path) == again.passwords
