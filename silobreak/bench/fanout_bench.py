@@ -11,23 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import shutil
 import statistics
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Final
 
 import psycopg
 
 from devices.registry import new_record
 from silobreak.bench.machine import describe_machine
-from silobreak.local import LocalPostgres
-from store.migrate import migrate
+from silobreak.bench.servers import bench_database
 from store.registry import upsert_devices
 from store.writer import ReadingsWriter
 from streams.cursor import Live
@@ -85,7 +80,7 @@ def run_fanout_bench(
 ) -> list[Result]:
     """Measure the hub, then the baseline, on the same database and flow."""
     results = []
-    with _database() as db_url:
+    with bench_database("fanout", commit_timestamps=True) as db_url:
         _register(db_url, devices, subscriptions)
         systems = ["silobreak", "baseline"] if baseline else ["silobreak"]
         for system in systems:
@@ -94,25 +89,6 @@ def run_fanout_bench(
                 f"{result.delivered}/{result.expected} delivered")  # fmt: skip
             results.append(result)
     return results
-
-
-@contextmanager
-def _database() -> Iterator[str]:
-    root = Path(tempfile.mkdtemp(prefix="silobreak-fanout-"))
-    root.chmod(0o755)
-    try:
-        with LocalPostgres(root / "pg") as pg:
-            with psycopg.connect(pg.url, autocommit=True) as conn:
-                # Commit timestamps give each row's commit time: latency is measured from it.
-                conn.execute("ALTER SYSTEM SET track_commit_timestamp = on")
-            pg.restart()
-            with psycopg.connect(pg.url, autocommit=True) as conn:
-                conn.execute("CREATE DATABASE bench")
-            db_url = pg.url_for("bench")
-            migrate(db_url)
-            yield db_url
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _register(db_url: str, devices: int, districts: int) -> None:

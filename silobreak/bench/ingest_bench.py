@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,8 +21,8 @@ from psycopg import sql
 from devices.registry import new_record
 from silobreak.bench.baseline import TABLE_DDL
 from silobreak.bench.machine import describe_machine
-from silobreak.local import LocalMosquitto, LocalPostgres
-from store.migrate import migrate
+from silobreak.bench.servers import bench_servers
+from silobreak.local import LocalMosquitto
 from store.registry import upsert_devices
 
 PREFIX: Final = "bench-air-"
@@ -130,7 +128,7 @@ def run_ingest_bench(
 ) -> Report:
     """Measure silobreak and the baseline alternately, on a broker and database of their own."""
     report = Report()
-    with _servers() as (broker, db_url):
+    with bench_servers("bench", commit_timestamps=True) as (broker, db_url):
         _register(db_url, devices)
         systems = ["silobreak", "baseline"] if baseline else ["silobreak"]
         for i in range(runs):
@@ -145,25 +143,6 @@ def run_ingest_bench(
                 log(f"latency {system}: p50 {lat.p50_ms:.0f} ms, p99 {lat.p99_ms:.0f} ms")
                 report.latencies.append(lat)
     return report
-
-
-@contextmanager
-def _servers() -> Iterator[tuple[LocalMosquitto, str]]:
-    root = Path(tempfile.mkdtemp(prefix="silobreak-bench-"))
-    root.chmod(0o755)
-    try:
-        with LocalPostgres(root / "pg") as pg, LocalMosquitto(root / "mqtt") as broker:
-            with psycopg.connect(pg.url, autocommit=True) as conn:
-                # Commit timestamps give each row's commit time, for publish-to-commit latency.
-                conn.execute("ALTER SYSTEM SET track_commit_timestamp = on")
-            pg.restart()
-            with psycopg.connect(pg.url, autocommit=True) as conn:
-                conn.execute("CREATE DATABASE bench")
-            db_url = pg.url_for("bench")
-            migrate(db_url)
-            yield broker, db_url
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _register(db_url: str, devices: int) -> None:

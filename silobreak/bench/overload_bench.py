@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -24,8 +22,8 @@ import psycopg
 
 from devices.registry import new_record
 from silobreak.bench.overload_publish import PREFIX
-from silobreak.local import LocalMosquitto, LocalPostgres, free_port
-from store.migrate import migrate
+from silobreak.bench.servers import bench_servers
+from silobreak.local import LocalMosquitto, free_port
 from store.registry import upsert_devices
 
 # RSS and progress are sampled this often: enough points to see a trend in a 10 s run.
@@ -154,7 +152,7 @@ def run_overload_bench(
 ) -> OverloadReport:
     """Overload one ingestor for `seconds`, then wait for the backlog to drain."""
     report = OverloadReport(seconds, publishers, batch_size, receive_maximum)
-    with _servers() as (broker, db_url):
+    with bench_servers("overload", broker_config=_BROKER_QUEUE + _BROKER_STATS) as (broker, db_url):
         with psycopg.connect(db_url, autocommit=True) as conn:
             upsert_devices(
                 conn, [new_record(f"{PREFIX}{d:05d}", "air_sensor") for d in range(devices)]
@@ -245,24 +243,6 @@ def _publish_and_drain(
     report.samples.append(progress)
     report.drain_seconds = progress.at - stopped.at
     log(f"drained in {report.drain_seconds:.1f} s")
-
-
-@contextmanager
-def _servers() -> Iterator[tuple[LocalMosquitto, str]]:
-    root = Path(tempfile.mkdtemp(prefix="silobreak-overload-"))
-    root.chmod(0o755)
-    try:
-        with (
-            LocalPostgres(root / "pg") as pg,
-            LocalMosquitto(root / "mqtt", extra_config=_BROKER_QUEUE + _BROKER_STATS) as broker,
-        ):
-            with psycopg.connect(pg.url, autocommit=True) as conn:
-                conn.execute("CREATE DATABASE bench")
-            db_url = pg.url_for("bench")
-            migrate(db_url)
-            yield broker, db_url
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @contextmanager

@@ -8,24 +8,19 @@ rows and from the aggregates, and the medians are quoted.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import statistics
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Final
 
 import psycopg
 
 from silobreak.backfill import BackfillReport, SimulatedCity, backfill_simulated
 from silobreak.bench.machine import describe_machine
-from silobreak.local import LocalPostgres
+from silobreak.bench.servers import bench_database
 from store.maintain import refresh_rollups
-from store.migrate import migrate
 from store.read import LevelChoice, Pool, Selection
 from store.reader import StoreReader
 from store.schema import READINGS_TABLES
@@ -109,7 +104,7 @@ def run_store_bench(
     log: Callable[[str], None] = print,
 ) -> StoreBenchReport:
     report = StoreBenchReport(devices, days, interval)
-    with _database() as url:
+    with bench_database("store") as url:
         end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         start = end - timedelta(days=days)
         city = SimulatedCity(devices=devices, interval=interval)
@@ -215,19 +210,3 @@ def _sizes(conn: psycopg.Connection[Any]) -> dict[str, int]:
         )
         for name in names
     }
-
-
-@contextmanager
-def _database() -> Iterator[str]:
-    root = Path(tempfile.mkdtemp(prefix="silobreak-bench-store-"))
-    # The database runs as the postgres user when we are root: it must reach this folder.
-    root.chmod(0o755)
-    try:
-        with LocalPostgres(root / "pg") as pg:
-            with psycopg.connect(pg.url, autocommit=True) as conn:
-                conn.execute("CREATE DATABASE bench")
-            url = pg.url_for("bench")
-            migrate(url)
-            yield url
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
