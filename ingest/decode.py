@@ -20,13 +20,18 @@ MALFORMED_PAYLOAD: Final = "malformed_payload"
 UNKNOWN_DEVICE: Final = "unknown_device"
 SCHEMA_VIOLATION: Final = "schema_violation"
 TIMESTAMP_OUT_OF_RANGE: Final = "timestamp_out_of_range"
-REASONS: Final = (
+DECODE_REASONS: Final = (
     PAYLOAD_TOO_LARGE,
     MALFORMED_PAYLOAD,
     UNKNOWN_DEVICE,
     SCHEMA_VIOLATION,
     TIMESTAMP_OUT_OF_RANGE,
 )
+# Not a decode outcome: a message that decoded, and that the database refused for good when
+# ingest wrote it (a constraint or trigger the decoder does not know of; ingest/service.py).
+STORE_REFUSED: Final = "store_refused"
+# Every reason a dead letter can have (rejected_messages.reason, the metrics' labels).
+REASONS: Final = (*DECODE_REASONS, STORE_REFUSED)
 
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _FAR_FUTURE: Final = datetime.max.replace(tzinfo=UTC)

@@ -39,6 +39,16 @@ class IngestMetrics:
         )
         for reason in REASONS:
             self.rejected.labels(reason)
+        self.refused_batches = Counter(
+            "silobreak_ingest_refused_batches",
+            "Batches the store refused for good, split to dead-letter what it refused",
+            registry=r,
+        )
+        self.refused_probes = Counter(
+            "silobreak_ingest_refused_probes",
+            "Parts of refused batches written to find the messages the store refused",
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "silobreak_ingest_batch_seconds",
             "Time to commit one batch",

@@ -9,6 +9,17 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached now; retry later (connection refused, lost, shutting down)."""
 
 
+class StoreRefused(StoreError):
+    """The database refused a batch for what some of its rows hold (a data exception, or an
+    integrity violation such as a CHECK constraint): those rows are refused again on every
+    try, so retrying the batch cannot help. `why` is the database's one-line error."""
+
+    def __init__(self, message: str, *, sqlstate: str, why: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.why = why
+
+
 class MigrationError(StoreError):
     """A migration failed or the database is in a state migrations cannot handle."""
 

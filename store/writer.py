@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
@@ -12,7 +13,7 @@ import psycopg
 from psycopg import sql
 
 from store.deadline import Deadline, connect_kwargs
-from store.errors import StoreError, StoreUnavailable, first_line
+from store.errors import StoreError, StoreRefused, StoreUnavailable, first_line
 from store.schema import READINGS_TABLES, ReadingsTable
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,24 @@ _PARTITIONS_AHEAD: Final = 2
 # SQLSTATE classes after which the same batch may succeed later: 08 connection exception,
 # 53 insufficient resources (disk full), 57 operator intervention (shutdown), 40 rollback.
 _RETRYABLE_CLASSES: Final = ("08", "53", "57", "40")
+# SQLSTATEs that say the database refuses some rows of a batch for what they hold, and will
+# refuse them on every try (StoreRefused; ingest then sets those messages aside with
+# `write_isolating`): class 22, data exception (a value a column, cast or function refuses),
+# and class 23, integrity constraint violation (a CHECK, NOT NULL, foreign key or exclusion
+# constraint, or a trigger raising one of these codes), but not:
+#  - 23505 unique violation: the redelivery merge handles readings' key (device_id, time); one
+#    that gets past it means the idempotent write itself is broken, and setting messages
+#    aside would dead-letter redeliveries that are stored;
+#  - 22P03 invalid binary representation, 22P04 bad COPY file format: the binary COPY does
+#    not fit the table (a column altered under the writer), which refuses every row alike.
+# A NOT NULL violation (23502) counts only on a column the writer fills: one it does not fill
+# (a column added without a default) refuses every row. Anything else that is not retryable
+# (undefined table 42P01, permission denied 42501, a trigger's RAISE without an ERRCODE,
+# P0001) is the operator's or the code's mistake, not the data's: the batch is held.
+_REFUSED_CLASSES: Final = ("22", "23")
+_NOT_REFUSED: Final = frozenset({"23505", "22P03", "22P04"})
+_NOT_NULL_VIOLATION: Final = "23502"
+_WRITTEN_COLUMNS: Final = frozenset(c for t in READINGS_TABLES.values() for c in t.columns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +68,19 @@ class WriteResult:
     stored: int  # rows that are new, or that filled metrics missing from a stored row
     duplicates: int  # rows that were already stored whole (redeliveries)
     rejects: int
+
+
+@dataclass(frozen=True, slots=True)
+class IsolatedWrite:
+    """What `write_isolating` committed: the batch but the messages the database refused."""
+
+    result: WriteResult  # its `rejects` counts the refused messages' dead letters too
+    refused: list[tuple[int, RejectRow]]  # (index, dead letter) of each, in batch order
+    probes: int  # parts of the batch written to find them
+
+
+Message = tuple[str, Sequence[Row]]
+"""One message's rows and the device type whose table they go to."""
 
 
 class ReadingsWriter:
@@ -137,30 +169,139 @@ class ReadingsWriter:
         await self.connect()
         conn = self._conn
         assert conn is not None
+        in_rows = False  # an error now is about the batch's readings, not its dead letters
         try:
             if self._partitioned:
                 await self._ensure_partitions(conn, rows_by_type)
             stored = duplicates = 0
             async with conn.transaction():
+                in_rows = True
                 for device_type, rows in rows_by_type.items():
                     if rows:
                         new, dup = await self._write_rows(conn, READINGS_TABLES[device_type], rows)
                         stored += new
                         duplicates += dup
-                if rejects and self._insert_mode == "unnest":
-                    await _insert_rejects(conn, rejects)
-                elif rejects:
-                    await _copy_rejects(conn, rejects)
+                in_rows = False
+                await self._insert_rejects(conn, rejects)
                 if replayed:
                     await conn.execute(
                         "DELETE FROM rejected_messages WHERE id = ANY(%s)", [list(replayed)]
                     )
         except psycopg.Error as exc:
+            self._staged.clear()  # a stage table made in the transaction is gone with it
+            if conn.closed or _retryable(exc):
+                await self.close()
+                raise unavailable(self._name, exc) from exc
+            if in_rows and _refuses_rows(exc):
+                raise StoreRefused(
+                    f"{self._name}: batch refused: {first_line(exc)}",
+                    sqlstate=exc.sqlstate or "",
+                    why=_why(exc),
+                ) from exc
+            raise StoreError(f"{self._name}: batch refused: {first_line(exc)}") from exc
+        return WriteResult(stored, duplicates, len(rejects))
+
+    async def write_isolating(
+        self,
+        messages: Sequence[Message],
+        rejects: Sequence[RejectRow],
+        dead_letter: Callable[[int, str], RejectRow],
+        *,
+        refused: StoreRefused,
+    ) -> IsolatedWrite:
+        """Commit a batch that `write` raised `refused` for, but the messages the database
+        refuses: those go to `rejected_messages` as `dead_letter(index, why)` makes them,
+        beside `rejects`, in the same transaction.
+
+        The batch's messages (`messages`, in arrival order) are written in parts, each under a
+        savepoint (`find_refused`): a part refused is split in halves down to single
+        messages, a part that passes stays written; a message is stored or set aside whole.
+        One commit, and with k messages refused out of N at most 2·k·⌈log2 N⌉ parts. Raises
+        StoreUnavailable and StoreError as `write` does (never StoreRefused: what is refused
+        now is set aside), and has the same deadline, for each statement of the transaction.
+        """
+        deadline = Deadline(self._timeout) if self._timeout is not None else None
+        try:
+            return await self._write_isolating(messages, rejects, dead_letter, refused, deadline)
+        except StoreUnavailable as exc:
+            if deadline is not None and deadline.expired:
+                raise StoreUnavailable(f"{self._name}: {deadline.describe()}") from exc
+            raise
+
+    async def _write_isolating(
+        self,
+        messages: Sequence[Message],
+        rejects: Sequence[RejectRow],
+        dead_letter: Callable[[int, str], RejectRow],
+        refused: StoreRefused,
+        deadline: Deadline | None,
+    ) -> IsolatedWrite:
+        def step() -> AbstractContextManager[object]:
+            return deadline.watch(lambda: self._conn) if deadline is not None else nullcontext()
+
+        with step():
+            await self.connect()
+        conn = self._conn
+        assert conn is not None
+        stored = duplicates = probes = 0
+
+        async def write_part(start: int, stop: int) -> str | None:
+            nonlocal stored, duplicates, probes
+            probes += 1
+            part = _by_type(messages[start:stop])
+            try:
+                with step():
+                    async with conn.transaction():  # a savepoint: a refused part leaves nothing
+                        new = dup = 0
+                        for device_type, rows in part.items():
+                            table = READINGS_TABLES[device_type]
+                            n, d = await self._write_rows(conn, table, rows)
+                            new += n
+                            dup += d
+            except psycopg.Error as exc:
+                self._staged.clear()  # a stage table made under the savepoint is gone with it
+                if conn.closed or not _refuses_rows(exc):
+                    raise
+                return _why(exc)
+            stored += new
+            duplicates += dup
+            return None
+
+        try:
+            with step():
+                if self._partitioned:
+                    await self._ensure_partitions(conn, _by_type(messages))
+                # By hand, so that the COMMIT is under a deadline of its own as each part is.
+                await conn.execute("BEGIN", prepare=False)
+            try:
+                found = await find_refused(len(messages), write_part, refused.why)
+                letters = [(i, dead_letter(i, why)) for i, why in found]
+                with step():
+                    await self._insert_rejects(conn, [*rejects, *(r for _, r in letters)])
+                    await conn.execute("COMMIT", prepare=False)
+            except BaseException:
+                if not conn.closed:
+                    # A deadline of its own: `step()` would forget that one had expired.
+                    watch = Deadline(self._timeout).watch(conn) if self._timeout else nullcontext()
+                    with watch:
+                        await conn.execute("ROLLBACK", prepare=False)
+                raise
+        except psycopg.Error as exc:
+            self._staged.clear()
             if conn.closed or _retryable(exc):
                 await self.close()
                 raise unavailable(self._name, exc) from exc
             raise StoreError(f"{self._name}: batch refused: {first_line(exc)}") from exc
-        return WriteResult(stored, duplicates, len(rejects))
+        result = WriteResult(stored, duplicates, len(rejects) + len(letters))
+        return IsolatedWrite(result, letters, probes)
+
+    async def _insert_rejects(
+        self, conn: psycopg.AsyncConnection[Any], rejects: Sequence[RejectRow]
+    ) -> None:
+        if rejects and self._insert_mode == "unnest":
+            await _insert_rejects(conn, rejects)
+        elif rejects:
+            await _copy_rejects(conn, rejects)
 
     async def _write_rows(
         self, conn: psycopg.AsyncConnection[Any], table: ReadingsTable, rows: Sequence[Row]
@@ -225,6 +366,35 @@ class ReadingsWriter:
                 day += timedelta(days=1)
 
 
+async def find_refused(
+    count: int, write_part: Callable[[int, int], Awaitable[str | None]], why: str
+) -> list[tuple[int, str]]:
+    """Which of `count` items, refused together (for `why`), are refused on their own.
+
+    `write_part(start, stop)` writes items [start, stop) and returns None, or why they were
+    refused (having written none of them). A refused part is split in halves and each half
+    tried, down to single items: a part that passes is written once, in item order; each
+    refused item comes back as (index, why), in index order. With k items refused, at most
+    2·k·⌈log2 count⌉ parts are tried (two halves for each refused part above a single item,
+    and each refused item is in at most ⌈log2 count⌉ of those).
+    """
+    found: list[tuple[int, str]] = []
+
+    async def split(start: int, stop: int, why: str) -> None:
+        if stop - start == 1:
+            found.append((start, why))
+            return
+        middle = (start + stop) // 2
+        for lo, hi in ((start, middle), (middle, stop)):
+            refused = await write_part(lo, hi)
+            if refused is not None:
+                await split(lo, hi, refused)
+
+    if count:
+        await split(0, count, why)
+    return found
+
+
 def merge_first_wins(rows: Sequence[Row]) -> list[Row]:
     """One row per (device_id, time); for each metric the first value given wins."""
     merged: dict[tuple[Any, Any], list[Any]] = {}
@@ -275,9 +445,7 @@ async def _copy_rejects(conn: psycopg.AsyncConnection[Any], rejects: Sequence[Re
     await _copy(conn, "rejected_messages", REJECT_COLUMNS, _REJECT_TYPES, rows)
 
 
-async def _insert_rejects(
-    conn: psycopg.AsyncConnection[Any], rejects: Sequence[RejectRow]
-) -> None:
+async def _insert_rejects(conn: psycopg.AsyncConnection[Any], rejects: Sequence[RejectRow]) -> None:
     columns = sql.SQL(", ").join(map(sql.Identifier, REJECT_COLUMNS))
     arrays = sql.SQL(", ").join(sql.SQL(f"%s::{t}[]") for t in _REJECT_TYPES)
     await conn.execute(
@@ -327,6 +495,34 @@ def _merge_sql(table: ReadingsTable, source: sql.Composable) -> sql.Composed:
 def _text(value: str) -> str:
     """PostgreSQL text cannot hold NUL; keep the rest of what the device sent."""
     return value.replace("\x00", "\\u0000")
+
+
+def refuses_rows(sqlstate: str | None, column: str | None = None) -> bool:
+    """Whether an error (its SQLSTATE, and the column a NOT NULL violation names) refuses
+    some rows for what they hold, every time: see _REFUSED_CLASSES."""
+    if sqlstate is None or sqlstate[:2] not in _REFUSED_CLASSES or sqlstate in _NOT_REFUSED:
+        return False
+    return sqlstate != _NOT_NULL_VIOLATION or column in _WRITTEN_COLUMNS
+
+
+def _refuses_rows(exc: psycopg.Error) -> bool:
+    return refuses_rows(exc.sqlstate, exc.diag.column_name)
+
+
+def _why(exc: psycopg.Error) -> str:
+    """The database's one-line error with its SQLSTATE, for a dead letter's detail."""
+    return f"{first_line(exc)} (SQLSTATE {exc.sqlstate})"
+
+
+def _by_type(messages: Sequence[Message]) -> dict[str, list[Row]]:
+    rows_by_type: dict[str, list[Row]] = {}
+    for device_type, rows in messages:
+        have = rows_by_type.get(device_type)
+        if have is None:
+            rows_by_type[device_type] = list(rows)
+        else:
+            have.extend(rows)
+    return rows_by_type
 
 
 def _retryable(exc: psycopg.Error) -> bool:
