@@ -19,13 +19,15 @@ CROSS_DEFAULT: Final = "environment"
 _NO2: Final = "NO2"
 _TRAFFIC: Final = "vehicles/h"
 _LIGHTING: Final = "street lighting kW"
-# The contract's reject reasons (ARCHITECTURE.md), one platform_stats column each.
+# Every reason a dead letter can have (ingest.decode.REASONS: decode's five, then the
+# store's refusal), one platform_stats column each (store/platform_stats.py).
 REASONS: Final = (
     "payload_too_large",
     "malformed_payload",
     "unknown_device",
     "schema_violation",
     "timestamp_out_of_range",
+    "store_refused",
 )
 
 

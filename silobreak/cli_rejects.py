@@ -85,7 +85,8 @@ def rejects_replay(
     Run it after a fix (a device registered late, a firmware bug's messages made valid by a
     catalog change). Each message keeps the reading-time window of its arrival. What is
     stored leaves the dead-letter table in the same transaction; what still fails stays,
-    with the reason it fails for now.
+    with the reason it fails for now (store_refused, with the database's error, for what
+    the database still refuses: the rest of its batch is stored).
     """
     from silobreak.replay import ReplayLimits, replay_rejects  # noqa: PLC0415
 

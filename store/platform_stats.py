@@ -12,13 +12,15 @@ import psycopg
 
 logger = logging.getLogger(__name__)
 
-# The contract's reject reasons, in contract order: one column each in platform_stats.
+# Every reason a dead letter can have (ingest.decode.REASONS): decode's five in contract
+# order, then the store's refusal (migration 0042). One column each in platform_stats.
 REASONS: Final = (
     "payload_too_large",
     "malformed_payload",
     "unknown_device",
     "schema_violation",
     "timestamp_out_of_range",
+    "store_refused",
 )
 _INGEST_COLUMNS: Final = (
     "time", "source", "window_s", "received", "stored", "duplicates",

@@ -10,8 +10,8 @@ from devices.catalog import DEVICE_TYPES, Kind
 from devices.registry import KnownDevice, RegistrySnapshot
 from devices.topics import CHANNELS, DEVICE_ID_RE, parse_device_topic
 from ingest.decode import (
+    DECODE_REASONS,
     PAYLOAD_TOO_LARGE,
-    REASONS,
     Accepted,
     Rejected,
     Window,
@@ -47,7 +47,7 @@ def check_decode(topic: str, payload: bytes, *, max_payload: int) -> Accepted | 
     """Decode, and fail (AssertionError) unless the outcome keeps the contract."""
     result = decode(topic, payload, REGISTRY, WINDOW, max_payload=max_payload)
     if isinstance(result, Rejected):
-        assert result.reason in REASONS, result
+        assert result.reason in DECODE_REASONS, result
         assert isinstance(result.detail, str)
         if len(payload) > max_payload:
             assert result.reason == PAYLOAD_TOO_LARGE

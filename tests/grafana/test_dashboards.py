@@ -17,9 +17,11 @@ import psycopg
 import pytest
 import yaml
 
+from grafana.boards_city import REASONS
 from grafana.build import DASHBOARDS, PROVISIONING, boards, check, write
 from grafana.macros import Context, expand
 from grafana.model import PLATFORM_UID, Board
+from ingest.decode import REASONS as DEAD_LETTER_REASONS
 from store.sql_roles import PLATFORM_ROLE
 from tests.grafana.city_day import Day
 
@@ -64,6 +66,19 @@ def test_every_panel_query_returns_rows_with_the_columns_the_panel_expects(
                     _assert_values(query.fmt, columns, rows, where)
                     ran += 1
     assert ran >= len(board.checks) * len(INTERVALS)
+
+
+def test_the_platform_board_shows_rejects_by_every_reason_a_dead_letter_can_have(
+    city_day: tuple[str, Day],
+) -> None:
+    assert REASONS == DEAD_LETTER_REASONS
+    url, day = city_day
+    (panel,) = [p for p in BOARDS["silobreak-platform"].checks if p.title == "Rejects by reason"]
+    (query,) = panel.queries
+    sql = expand(query.sql, Context(day.start, day.end, "1h", {}))
+    with psycopg.connect(as_role(url, PLATFORM_ROLE), autocommit=True) as conn:
+        _, rows = _run(conn, sql, "Rejects by reason")
+    assert {r[1] for r in rows} == set(DEAD_LETTER_REASONS)
 
 
 def test_committed_dashboards_are_what_the_code_generates() -> None:

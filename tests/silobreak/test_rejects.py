@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,10 +16,12 @@ import psycopg
 import pytest
 
 from devices.registry import RegistrySnapshot, new_record
-from ingest.decode import Rejected, Window, decode
+from ingest.decode import STORE_REFUSED, Rejected, Window, decode
+from silobreak.replay import ReplayLimits, replay_rejects
 from store.errors import StoreError
 from store.registry import upsert_devices
-from store.writer import ReadingsWriter, RejectRow
+from store.rejects import RejectFilter
+from store.writer import InsertMode, ReadingsWriter, RejectRow
 
 pytestmark = pytest.mark.integration
 
@@ -170,6 +173,131 @@ def test_a_replayed_batch_that_fails_keeps_its_dead_letters(
     assert query(db_url, "SELECT id FROM rejected_messages WHERE device_id = %s", device) == [
         reject_id
     ]
+
+
+# A value an operator's CHECK refuses (the decoder takes it), as in tests/faults.
+SENTINEL = 1234.5
+# Each refused message's dead letter as ingest left it: the database's error then.
+REFUSED_THEN = (
+    'new row for relation "readings_air_sensor_p1" violates check constraint'
+    ' "pm25_calibration" (SQLSTATE 23514)'
+)
+
+
+def refused_dead_letters(
+    db_url: str, device: str, values: list[float], received: datetime, *, late: set[int]
+) -> list[int]:
+    """One air sensor message per value, dead-lettered `store_refused` as ingest does (but
+    those at the indices in `late`: `unknown_device`, the device not yet registered then);
+    returns their ids, in order."""
+    topic = f"devices/{device}/telemetry"
+    letters = []
+    for i, value in enumerate(values):
+        ts = (received - timedelta(seconds=len(values) - i)).isoformat()
+        payload = json.dumps({"ts": ts, "metrics": {"pm25": value}}).encode()
+        reason, detail = (
+            ("unknown_device", "device not registered") if i in late
+            else (STORE_REFUSED, REFUSED_THEN)
+        )  # fmt: skip
+        letters.append(RejectRow(received, topic, device, reason, detail, payload))
+    write(db_url, {}, letters)
+    rows = query(
+        db_url, "SELECT id FROM rejected_messages WHERE device_id = %s ORDER BY id", device
+    )
+    return [r[0] for r in rows]
+
+
+def refuse_sentinel(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "ALTER TABLE readings_air_sensor ADD CONSTRAINT pm25_sentinel"
+            f" CHECK (pm25 <> {SENTINEL})"
+        )
+
+
+def dead_letters_of(db_url: str, device: str) -> list[tuple[Any, ...]]:
+    return query(
+        db_url,
+        "SELECT id, received_at, reason, detail FROM rejected_messages WHERE device_id = %s"
+        " ORDER BY id",
+        device,
+    )
+
+
+def test_replay_stores_what_the_database_takes_and_keeps_what_it_still_refuses(
+    tmp_path: Path, db_url: str, device_prefix: str
+) -> None:
+    device = f"{device_prefix}air"
+    received = NOW - timedelta(hours=1)
+    refused_at = {3, 11, 17}
+    values = [SENTINEL if i in refused_at else float(i) for i in range(20)]
+    ids = refused_dead_letters(db_url, device, values, received, late={0, 11})
+    register(db_url, new_record(device, "air_sensor"))
+    # The constraint behind the dead letters is fixed; another, still in place, refuses some.
+    refuse_sentinel(db_url)
+
+    out = silobreak(tmp_path, db_url, "rejects", "replay", "--device", device)
+    line = out.strip().splitlines()[-1]
+    assert line.startswith(
+        "replayed 20 dead letter(s): 17 stored, 3 still failing (3 store_refused; "
+    )
+    parts = int(line.split("; ")[1].split()[0])
+    assert 0 < parts <= 2 * len(refused_at) * math.ceil(math.log2(len(values)))
+    stored = query(
+        db_url,
+        "SELECT value FROM readings WHERE device_id = %s AND metric = 'pm25' ORDER BY time",
+        device,
+    )
+    assert stored == [(v,) for i, v in enumerate(values) if i not in refused_at]
+    # The refused keep their dead letters, ids and arrival times: with the database's error of
+    # now, and as store_refused also the one that was an unknown device's when it came.
+    left = dead_letters_of(db_url, device)
+    assert [(i, t, r) for i, t, r, _ in left] == [
+        (ids[i], received, STORE_REFUSED) for i in sorted(refused_at)
+    ]
+    for *_, detail in left:
+        assert 'violates check constraint "pm25_sentinel"' in detail
+        assert detail.endswith("(SQLSTATE 23514)")
+
+    # Refused again, and left as they are.
+    again = silobreak(tmp_path, db_url, "rejects", "replay", "--reason", STORE_REFUSED)
+    assert "replayed 3 dead letter(s): 0 stored, 3 still failing (3 store_refused; " in again
+    assert dead_letters_of(db_url, device) == left
+    # Once the database takes them, they are stored and settled.
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE readings_air_sensor DROP CONSTRAINT pm25_sentinel")
+    done = silobreak(tmp_path, db_url, "rejects", "replay", "--reason", STORE_REFUSED)
+    assert "replayed 3 dead letter(s): 3 stored, 0 still failing" in done
+    assert dead_letters_of(db_url, device) == []
+    count = query(db_url, "SELECT count(*) FROM readings WHERE device_id = %s", device)
+    assert count == [(20,)]
+
+
+@pytest.mark.parametrize("insert_mode", ["copy", "unnest"])
+def test_replay_sets_aside_the_refused_page_by_page(
+    db_url: str, device_prefix: str, insert_mode: InsertMode
+) -> None:
+    device = f"{device_prefix}air"
+    received = NOW - timedelta(hours=1)
+    # Pages of 8: one with a refused message, one with none, one all refused, one with one.
+    refused_at = {2, 16, 17, 18, 19, 20, 21, 22, 23, 24}
+    values = [SENTINEL if i in refused_at else float(i) for i in range(25)]
+    ids = refused_dead_letters(db_url, device, values, received, late=set())
+    register(db_url, new_record(device, "air_sensor"))
+    refuse_sentinel(db_url)
+
+    result = asyncio.run(
+        replay_rejects(
+            db_url, RejectFilter(device=device), limits=ReplayLimits(), batch_size=8,
+            insert_mode=insert_mode,
+        )
+    )  # fmt: skip
+    assert (result.examined, result.stored) == (25, 15)
+    assert result.still_failing == {STORE_REFUSED: 10}
+    left = dead_letters_of(db_url, device)
+    assert [r[0] for r in left] == [ids[i] for i in sorted(refused_at)]
+    stored = query(db_url, "SELECT pm25 FROM readings_air_sensor WHERE device_id = %s", device)
+    assert sorted(r[0] for r in stored) == [v for i, v in enumerate(values) if i not in refused_at]
 
 
 def test_rejects_expire_deletes_those_past_retention(
