@@ -116,11 +116,26 @@ class _Service(ABC):
 
 
 class LocalPostgres(_Service):
-    """A PostgreSQL cluster in `base_dir`, listening only on 127.0.0.1:`port`, trust auth."""
+    """A PostgreSQL cluster in `base_dir`, listening only on 127.0.0.1:`port`, trust auth.
 
-    def __init__(self, base_dir: Path, *, port: int | None = None) -> None:
+    `waldir`: where the cluster's WAL lives (initdb --waldir; `data/pg_wal` links to it), e.g.
+    a volume of its own; it must be empty or absent when the cluster is created.
+    `wal_segment_mb`: the size of a WAL segment file (initdb --wal-segsize; 16 by default).
+    Both apply when the cluster is created.
+    """
+
+    def __init__(
+        self,
+        base_dir: Path,
+        *,
+        port: int | None = None,
+        waldir: Path | None = None,
+        wal_segment_mb: int | None = None,
+    ) -> None:
         self.base_dir = base_dir.resolve()
         self.port = port if port is not None else free_port()
+        self.waldir = waldir.resolve() if waldir is not None else None
+        self.wal_segment_mb = wal_segment_mb
         self.data_dir = self.base_dir / "data"
         self.log_file = self.base_dir / "postgres.log"
         # initdb, postgres and pg_ctl from one directory: one major version.
@@ -225,6 +240,8 @@ class LocalPostgres(_Service):
             # The cluster is thrown away; fsyncing initdb's files only slows every test session.
             "--no-sync",
             "--no-instructions",
+            *(["--waldir", str(self.waldir)] if self.waldir is not None else []),
+            *([f"--wal-segsize={self.wal_segment_mb}"] if self.wal_segment_mb else []),
         )  # fmt: skip
         with (self.data_dir / "postgresql.conf").open("a", encoding="utf-8") as conf:
             conf.write("\ninclude_if_exists = 'silobreak.conf'\n")
