@@ -1,8 +1,13 @@
-"""A streams gateway: the live hub, the access audit buffer, and webhook and MQTT workers.
+"""A streams gateway: the live hub, the access audit of SSE batches, and webhook and MQTT
+workers.
 
 Gateways are stateless: grants, subscriptions and cursors are in PostgreSQL. Each webhook or
 MQTT subscription is delivered by one gateway at a time, the one holding its advisory lock
 (released with the gateway's connection if it dies).
+
+Every delivery batch is on record (`audit_log`, action `delivery.batch`) before a restart can
+lose it: a webhook or MQTT batch in the statement that moves its subscription's cursor, once
+the receiver or the broker acknowledged it; an SSE batch before it is written to the stream.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
 
 import httpx
@@ -31,8 +36,6 @@ from streams.webhooks import FeedGone, Retry, WebhookAbandoned, WebhookSender
 logger = logging.getLogger(__name__)
 
 ACTOR: Final = "streams"
-# How often delivery batches are written to the audit log: one INSERT for all of them.
-AUDIT_FLUSH_S: Final = 1.0
 # How often the gateway looks for webhook and MQTT subscriptions to take on, and expires
 # grants: a new subscription starts within this, and an expired grant is marked within it.
 SCAN_S: Final = 1.0
@@ -91,7 +94,7 @@ class Gateway:
             min_pool=config.min_pool,
             aggregate_grace=config.aggregate_grace,
         )
-        self._events: list[audit.Event] = []
+        self.recorder = audit.Recorder(config.database_url)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -104,7 +107,7 @@ class Gateway:
         self._http = httpx.AsyncClient()
         self._tasks = [
             asyncio.create_task(self.hub.run(self._stop), name="streams-hub"),
-            asyncio.create_task(self._flush_audit(), name="streams-audit"),
+            asyncio.create_task(self.recorder.run(), name="streams-audit"),
             asyncio.create_task(self._supervise(), name="streams-deliveries"),
         ]
 
@@ -113,8 +116,8 @@ class Gateway:
         for task in self._workers.values():
             task.cancel()
         await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        self.recorder.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._write_audit()
         if self._lease is not None:
             await self._lease.close()
         if self._mqtt is not None:
@@ -122,19 +125,11 @@ class Gateway:
         if self._http is not None:
             await self._http.aclose()
 
-    def note(self, event: audit.Event) -> None:
-        """Buffer an audit event (delivery batches); written within AUDIT_FLUSH_S."""
-        self._events.append(event)
-
-    def delivered(self, feed: Feed, sub: Subscription, batch: Batch) -> None:
-        g = feed.grant
-        self.note(
-            audit.Event(
-                ACTOR, "delivery.batch", g.owner, g.consumer, g.id, sub.id,
-                len(batch.readings),
-                {"delivery": sub.delivery, "phase": batch.phase, "cursor": batch.cursor},
-            )
-        )  # fmt: skip
+    def sending(
+        self, feed: Feed, sub: Subscription, batch: Batch, *, resumed_from: str | None = None
+    ) -> asyncio.Future[None]:
+        """Put an SSE batch on record; send it once the future is done (the row committed)."""
+        return self.recorder.write(delivery_event(feed.grant, sub, batch, resumed_from))
 
     def feed(self, grant: Grant, sub: Subscription, position: str) -> Feed:
         return Feed(
@@ -142,35 +137,19 @@ class Gateway:
         )
 
     async def closed(self, g: Grant, sub: Subscription, reason: str) -> None:
-        """A feed ended by its grant: the subscription stops, on record."""
-        async with await psycopg.AsyncConnection.connect(
-            self.config.database_url, autocommit=True
-        ) as conn:
-            await subscriptions.stop(conn, sub.id, reason)
-        self.note(
-            audit.Event(ACTOR, "subscription.stop", g.owner, g.consumer, g.id, sub.id, 0,
-                        {"reason": reason})
-        )  # fmt: skip
-
-    async def _flush_audit(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(AUDIT_FLUSH_S):
-                    await self._stop.wait()
-            try:
-                await self._write_audit()
-            except psycopg.OperationalError as exc:
-                logger.warning("streams audit: store unavailable, kept for later: %s", exc)
-
-    async def _write_audit(self) -> None:
-        if not self._events:
-            return
-        events = self._events
-        async with await psycopg.AsyncConnection.connect(
-            self.config.database_url, autocommit=True
-        ) as conn:
-            await audit.record_many(conn, events)
-        del self._events[: len(events)]
+        """A feed ended (its grant, or a webhook given up on): the subscription stops, on
+        record in the same transaction (once, however many feeds it had)."""
+        url = self.config.database_url
+        async with (
+            await psycopg.AsyncConnection.connect(url, autocommit=True) as conn,
+            conn.transaction(),
+        ):
+            if await subscriptions.stop(conn, sub.id, reason):
+                await audit.record(
+                    conn,
+                    audit.Event(ACTOR, "subscription.stop", g.owner, g.consumer, g.id, sub.id, 0,
+                                {"reason": reason}),
+                )  # fmt: skip
 
     async def _supervise(self) -> None:
         """Take on webhook and MQTT subscriptions; expire grants that are due."""
@@ -223,6 +202,9 @@ class Gateway:
             fresh = await subscriptions.for_delivery(conn)
             position = next((s.cursor for s in fresh if s.id == sub.id), sub.cursor)
             try:
+                # A grant revoked or expired while no gateway ran: nothing more is sent, not
+                # even a pending webhook batch (the hub would only close the feed a tick late).
+                check_active(grant)
                 if sub.delivery == "webhook":
                     await self._webhook(conn, grant, sub, position)
                 else:
@@ -232,7 +214,7 @@ class Gateway:
                 await self.closed(await grants.get(conn, sub.grant_id), sub, reason)
             except WebhookAbandoned as exc:
                 logger.warning("%s", exc)
-                await subscriptions.stop(conn, sub.id, str(exc))
+                await self.closed(grant, sub, str(exc))
 
     async def _webhook(
         self, conn: psycopg.AsyncConnection[Any], grant: Grant, sub: Subscription, at: str
@@ -247,17 +229,26 @@ class Gateway:
         feed = self.feed(grant, sub, at)
         pending = await sender.pending()
         if pending is not None:
-            # Sent before a restart but never acknowledged: the same batch, the same key.
-            seq, body, at, _ = pending
-            await sender.send(seq, body, at, lambda: feed.closed)
-            feed = self.feed(grant, sub, at)
+            # Sent before a restart but never acknowledged: the same batch, the same key, on
+            # record as a redelivery once acknowledged. The hub watches the grant meanwhile.
+            batch = Batch([], pending.cursor, pending.phase)
+            event = delivery_event(grant, sub, batch, readings=pending.readings)
+            self.hub.watch(feed)
+            try:
+                await sender.send(
+                    pending.seq, pending.body, pending.cursor, lambda: feed.closed, event,
+                    resent=True,
+                )  # fmt: skip
+            finally:
+                self.hub.unwatch(feed)
+            feed = self.feed(grant, sub, pending.cursor)
         async for batch in _batches(feed):
             if not batch.readings:
                 continue
             body = encode_batch(sub.id, batch)
             seq = await sender.record(body, batch.cursor, len(batch.readings))
-            await sender.send(seq, body, batch.cursor, lambda: feed.closed)
-            self.delivered(feed, sub, batch)
+            event = delivery_event(grant, sub, batch)
+            await sender.send(seq, body, batch.cursor, lambda: feed.closed, event)
 
     async def _mqtt_client(self) -> MqttDelivery:
         """The gateway's one MQTT connection, made by the first worker that needs it.
@@ -280,24 +271,60 @@ class Gateway:
         mqtt = await self._mqtt_client()
         assert sub.topic is not None
         feed = self.feed(grant, sub, at)
+        # The first batch of this run carries the position it resumed from: it may repeat
+        # the readings of a batch the broker acknowledged just before the previous run ended,
+        # whose cursor (and so whose record) never moved.
+        resumed_from: str | None = at
         async for batch in _batches(feed):
             if not batch.readings:
                 continue
             body = encode_batch(sub.id, batch)
+            attempts = 0
             while True:
                 if feed.closed is not None:
                     raise FeedClosed(feed.closed)
+                attempts += 1
                 try:
                     await mqtt.publish(sub.topic, body)
                     break
                 except MqttDeliveryError as exc:
                     logger.warning("MQTT delivery %s: %s; retrying", sub.id, exc)
                     await asyncio.sleep(MQTT_RETRY_S)
-            await conn.execute(
-                "UPDATE subscriptions SET cursor = %s, updated_at = now() WHERE id = %s",
-                (batch.cursor, sub.id),
-            )
-            self.delivered(feed, sub, batch)
+            event = delivery_event(grant, sub, batch, resumed_from, redelivery=attempts > 1)
+            # The broker has it: the cursor moves and the batch is on record, in one statement.
+            await audit.record_delivery(conn, batch.cursor, event)
+            resumed_from = None
+
+
+def delivery_event(
+    grant: Grant,
+    sub: Subscription,
+    batch: Batch,
+    resumed_from: str | None = None,
+    *,
+    readings: int | None = None,
+    redelivery: bool = False,
+) -> audit.Event:
+    """The record of one delivery batch (`readings` when the batch's own are not at hand)."""
+    detail: dict[str, Any] = {"delivery": sub.delivery, "phase": batch.phase,
+                              "cursor": batch.cursor}  # fmt: skip
+    if resumed_from is not None:
+        detail["resumed_from"] = resumed_from
+    if redelivery:
+        detail["redelivery"] = True
+    count = len(batch.readings) if readings is None else readings
+    return audit.Event(
+        ACTOR, "delivery.batch", grant.owner, grant.consumer, grant.id, sub.id, count, detail
+    )
+
+
+def check_active(grant: Grant) -> None:
+    """FeedClosed unless the grant is active, as the hub sees it (past its expiry: expired)."""
+    state = grant.status
+    if state == "active" and grant.expires_at <= datetime.now(UTC):
+        state = "expired"
+    if state != "active":
+        raise FeedClosed(f"grant_{state}")
 
 
 async def _batches(feed: Feed) -> AsyncIterator[Batch]:

@@ -356,8 +356,10 @@ class Hub:
         self.current = now_snap
         self.ticks += 1
         for feed in list(self._watched):
-            state = states.get(feed.grant.id, "unknown")
-            if state != "active":
+            # A feed watched during this tick, after its grants were read, is checked at the
+            # next one: an absent state is not a reason to close it (grants are never deleted).
+            state = states.get(feed.grant.id)
+            if state is not None and state != "active":
                 feed.close(f"grant_{state}")
         for feed in attached:
             if feed.closed is None and feed.attached:

@@ -154,13 +154,18 @@ async def events(
     cursor.decode(position)
     feed = gateway.feed(grant, sub, position)
     return StreamingResponse(
-        _sse(gateway, feed, sub),
+        _sse(gateway, feed, sub, position),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _sse(gateway: Gateway, feed: Feed, sub: Subscription) -> AsyncIterator[bytes]:
+async def _sse(
+    gateway: Gateway, feed: Feed, sub: Subscription, position: str
+) -> AsyncIterator[bytes]:
+    """The event stream. Each batch is on record before it is written to the connection; the
+    first carries the position this connection resumed from."""
+    resumed_from: str | None = position
     ahead: asyncio.Queue[Batch | BaseException | None] = asyncio.Queue(SSE_AHEAD)
 
     async def pump() -> None:
@@ -193,7 +198,18 @@ async def _sse(gateway: Gateway, feed: Feed, sub: Subscription) -> AsyncIterator
                 logger.error("SSE %s: %s", sub.id, item)
                 yield _event("end", {"reason": "error", "detail": str(item)}, None)
                 return
-            gateway.delivered(feed, sub, item)
+            recorded = gateway.sending(feed, sub, item, resumed_from=resumed_from)
+            try:
+                while not (await asyncio.wait({recorded}, timeout=HEARTBEAT_S))[0]:
+                    yield b": keepalive\n\n"  # the store is slow or away: no batch unrecorded
+                recorded.result()
+            except Exception:  # reported in the stream, which ends
+                logger.exception("SSE %s: the batch could not be put on record", sub.id)
+                yield _event("end", {"reason": "error", "detail": "audit unavailable"}, None)
+                return
+            finally:
+                recorded.cancel()  # the consumer went away first: left out if not yet written
+            resumed_from = None
             yield _event("readings", {"phase": item.phase, "readings": item.readings}, item.cursor)
     finally:
         task.cancel()

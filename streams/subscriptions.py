@@ -175,12 +175,14 @@ async def acknowledge(
     return sub
 
 
-async def stop(conn: psycopg.AsyncConnection[Any], sub_id: str, note: str) -> None:
-    await conn.execute(
+async def stop(conn: psycopg.AsyncConnection[Any], sub_id: str, note: str) -> bool:
+    """Stop an active subscription; whether this call stopped it (False: it was not active)."""
+    cur = await conn.execute(
         "UPDATE subscriptions SET status = 'stopped', note = %s, updated_at = now()"
         " WHERE id = %s AND status = 'active'",
         (note, sub_id),
     )
+    return cur.rowcount > 0
 
 
 async def for_delivery(conn: psycopg.AsyncConnection[Any]) -> list[Subscription]:

@@ -8,15 +8,17 @@ import hmac
 import logging
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import httpx
+import msgspec
 import psycopg
 
+from streams import audit
 from streams.errors import StreamsError
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,21 @@ class Retry:
         """Seconds before retry number `attempt` (1-based), drawn from the upper half."""
         top = min(self.first.total_seconds() * 2 ** (attempt - 1), self.cap.total_seconds())
         return random.uniform(top / 2, top)  # noqa: S311 - jitter, not secrecy
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A batch written but not acknowledged before a restart."""
+
+    seq: int
+    body: bytes
+    cursor: str
+    readings: int
+    phase: str
+
+
+class _Head(msgspec.Struct):
+    phase: str = ""
 
 
 def allowed(url: str, allow: Sequence[str]) -> bool:
@@ -112,15 +129,19 @@ class WebhookSender:
         self._secret = secret
         self._retry = retry
 
-    async def pending(self) -> tuple[int, bytes, str, int] | None:
-        """A batch written but not acked before a restart: (seq, body, cursor, readings)."""
+    async def pending(self) -> Pending | None:
+        """The batch written but not acknowledged before a restart, if any."""
         cur = await self._conn.execute(
             "SELECT seq, body, cursor_to, readings FROM webhook_deliveries"
             " WHERE subscription_id = %s AND status = 'pending' ORDER BY seq LIMIT 1",
             (self.subscription_id,),
         )
         row = await cur.fetchone()
-        return None if row is None else (row[0], bytes(row[1]), row[2], row[3])
+        if row is None:
+            return None
+        body = bytes(row[1])
+        phase = msgspec.json.decode(body, type=_Head).phase
+        return Pending(row[0], body, row[2], row[3], phase)
 
     async def record(self, body: bytes, cursor_to: str, readings: int) -> int:
         """Write the batch before the first attempt; returns its sequence number."""
@@ -136,8 +157,22 @@ class WebhookSender:
         assert row is not None
         return int(row[0])
 
-    async def send(self, seq: int, body: bytes, cursor_to: str, closed: Any) -> int:
-        """POST until a 2xx; then the batch is delivered and the cursor moves. Returns attempts."""
+    async def send(
+        self,
+        seq: int,
+        body: bytes,
+        cursor_to: str,
+        closed: Callable[[], str | None],
+        event: audit.Event,
+        *,
+        resent: bool = False,
+    ) -> int:
+        """POST until a 2xx; then, in one transaction, the batch is delivered, the cursor moves
+        and `event` goes on record. Returns the attempts.
+
+        `resent`: the batch is sent again from its pending row after a restart (the receiver
+        may have had it under this key already); it is on record as a redelivery.
+        """
         started = time.monotonic()
         attempt = 0
         while True:
@@ -146,7 +181,7 @@ class WebhookSender:
             attempt += 1
             error = await self._attempt(seq, body)
             if error is None:
-                await self._acked(seq, cursor_to, attempt)
+                await self._acked(seq, cursor_to, attempt, event, resent=resent)
                 return attempt
             await self._conn.execute(
                 "UPDATE webhook_deliveries SET attempts = %s, last_error = %s"
@@ -184,14 +219,16 @@ class WebhookSender:
             return None
         return f"HTTP {response.status_code}"
 
-    async def _acked(self, seq: int, cursor_to: str, attempts: int) -> None:
+    async def _acked(
+        self, seq: int, cursor_to: str, attempts: int, event: audit.Event, *, resent: bool
+    ) -> None:
+        detail = {**event.detail, "key": f"{self.subscription_id}-{seq}", "attempts": attempts}
+        if resent or attempts > 1:
+            detail["redelivery"] = True  # this key was POSTed before
         async with self._conn.transaction():
             await self._conn.execute(
                 "UPDATE webhook_deliveries SET status = 'delivered', attempts = %s,"
                 " delivered_at = now(), body = NULL WHERE subscription_id = %s AND seq = %s",
                 (attempts, self.subscription_id, seq),
             )
-            await self._conn.execute(
-                "UPDATE subscriptions SET cursor = %s, updated_at = now() WHERE id = %s",
-                (cursor_to, self.subscription_id),
-            )
+            await audit.record_delivery(self._conn, cursor_to, replace(event, detail=detail))

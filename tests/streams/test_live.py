@@ -10,9 +10,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 
+from streams import grants
 from streams.client import ClientError, StreamsClient, SubscriptionEnded
+from streams.cursor import Live
+from streams.live import Feed, Hub
+from streams.scope import narrow
 from tests.streams.conftest import Town, wait_until
 
 pytestmark = pytest.mark.integration
@@ -277,3 +282,41 @@ def test_a_consumer_that_disconnects_resumes_after_its_acknowledged_position(tow
     first, second = asyncio.run(go())
     assert first == [1.0]
     assert second == [2.0, 3.0]
+
+
+def test_a_feed_that_starts_while_the_hub_reads_the_grants_is_not_closed(db_url: str) -> None:
+    """A feed watched after a tick read the grants' states (its own grant's not among them) is
+    checked at the next tick, not closed for a state the tick never read."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO grants (owner, consumer, device_types, granularity, purpose, expires_at,"
+            " status, created_by) VALUES ('mobility', 'planning', '{traffic_light}', 'raw',"
+            " 'study', now() + interval '1 day', %s, 'mobility') RETURNING id",
+            ("active",),
+        ).fetchone()
+        snapshot = str(conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0])  # type: ignore[index]
+    assert row is not None
+
+    class Racing(Hub):
+        """A feed starts while the tick is at the database, after the grants were read."""
+
+        late: Feed | None = None
+
+        async def _grant_states(self, conn: psycopg.AsyncConnection[Any]) -> dict[int, str]:
+            states = await super()._grant_states(conn)
+            if self.late is not None:
+                self.watch(self.late)
+            return states
+
+    async def go() -> list[str | None]:
+        hub = Racing(db_url, poll_interval=timedelta(milliseconds=100), min_pool=5)
+        closed = []
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            grant = await grants.get(conn, row[0])
+            hub.late = Feed(hub, grant, [narrow(grant, "traffic_light")], Live(snapshot))
+            for _ in range(2):  # the tick it starts in, then the one that reads its grant
+                await hub._tick(conn)
+                closed.append(hub.late.closed)
+        return closed
+
+    assert asyncio.run(go()) == [None, None]
