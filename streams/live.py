@@ -221,13 +221,14 @@ class Feed:
                 yield rows
 
 
+# district, lat, lon, personal_data
+_DeviceInfo = tuple[str | None, float | None, float | None, bool]
+
+
 @dataclass
 class _Devices:
     version: int = -1
-    # device_id -> (district, lat, lon, personal_data)
-    by_id: dict[str, tuple[str | None, float | None, float | None, bool]] = field(
-        default_factory=dict
-    )
+    by_id: dict[str, _DeviceInfo] = field(default_factory=dict)
 
 
 class Hub:
@@ -338,7 +339,7 @@ class Hub:
         attached = [f for f in self._members if f.closed is None]
         joining = dict(self._joining)
         tables = {s.table for f in attached for s in f.scopes}
-        shared: dict[str, list[tuple[Any, ...]]] = {}
+        shared: dict[str, _TickRows] = {}
         own: dict[Feed, list[dict[str, Any]]] = {}
         async with conn.transaction():
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -347,7 +348,7 @@ class Hub:
             states = await self._grant_states(conn)
             if prev is not None:
                 for table in sorted(tables):
-                    shared[table] = await _delta(conn, table, prev)
+                    shared[table] = _TickRows(await _delta(conn, table, prev))
             for feed, since in joining.items():
                 own[feed] = []
                 for scope in feed.scopes:
@@ -355,6 +356,8 @@ class Hub:
                     own[feed] += history.explode(scope, rows)
         self.current = now_snap
         self.ticks += 1
+        for tick in shared.values():
+            tick.index(self._devices.by_id)
         for feed in list(self._watched):
             # A feed watched during this tick, after its grants were read, is checked at the
             # next one: an absent state is not a reason to close it (grants are never deleted).
@@ -376,20 +379,26 @@ class Hub:
             done.set()
         self._on_tick.clear()
 
-    def _select(self, feed: Feed, shared: dict[str, list[tuple[Any, ...]]]) -> list[dict[str, Any]]:
-        """What `feed` may see of the rows every feed shares: its scopes, in memory."""
-        devices = self._devices.by_id
+    def _select(self, feed: Feed, shared: dict[str, _TickRows]) -> list[dict[str, Any]]:
+        """What `feed` may see of the rows every feed shares: its scopes, in memory.
+
+        Only the rows of the scope's owner (and granted districts) are looked at, so a tick
+        costs about one pass over its rows for all feeds, not one per feed."""
         readings: list[dict[str, Any]] = []
         for scope in feed.scopes:
-            columns = [3 + i for i in _metric_indexes(scope)]
-            kept = []
-            for r in shared.get(scope.table, ()):
-                info = devices.get(r[1])
-                if info is None:
-                    continue
-                district, lat, lon, personal = info
-                if scope.matches(r[2], district, lat, lon, personal):
-                    kept.append((r[0], r[1], r[2], district, *(r[c] for c in columns)))
+            tick = shared.get(scope.table)
+            if tick is None:
+                continue
+            groups = tick.groups(scope.grant.owner, scope.districts)
+            columns = [_FIXED + i for i in _metric_indexes(scope)]
+            kept = [
+                (r[0], r[1], r[2], district, *(r[c] for c in columns))
+                for rows in groups
+                for r, district, lat, lon, personal in rows
+                if scope.matches(r[2], district, lat, lon, personal)
+            ]
+            if len(groups) > 1:
+                kept.sort(key=_time_and_device)  # the order the tick read them in
             readings += history.explode(scope, kept)
         return readings
 
@@ -413,6 +422,46 @@ class Hub:
         cur = await conn.execute("SELECT device_id, district, lat, lon, personal_data FROM devices")
         rows = await cur.fetchall()
         self._devices = _Devices(version, {r[0]: (r[1], r[2], r[3], r[4]) for r in rows})
+
+
+# Columns before the metrics in a row of `_delta`: time, device_id, service.
+_FIXED: Final = 3
+
+_Located = tuple[tuple[Any, ...], str | None, float | None, float | None, bool]
+
+
+class _TickRows:
+    """One table's rows of a tick, grouped by owner and district for the feeds' selection."""
+
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        self.rows = rows
+        # service -> district -> (row, district, lat, lon, personal), in the rows' order
+        self._by_owner: dict[str, dict[str | None, list[_Located]]] = {}
+
+    def index(
+        self, devices: dict[str, tuple[str | None, float | None, float | None, bool]]
+    ) -> None:
+        by_owner: dict[str, dict[str | None, list[_Located]]] = {}
+        for r in self.rows:
+            info = devices.get(r[1])
+            if info is None:
+                continue  # not in the registry as this tick read it: no grant covers it
+            district = info[0]
+            by_owner.setdefault(r[2], {}).setdefault(district, []).append((r, *info))
+        self._by_owner = by_owner
+
+    def groups(self, owner: str, districts: frozenset[str] | None) -> list[list[_Located]]:
+        """The groups of rows a scope of `owner` over `districts` (None: all) may match."""
+        by_district = self._by_owner.get(owner)
+        if not by_district:
+            return []
+        if districts is None:
+            return list(by_district.values())
+        return [by_district[d] for d in districts if d in by_district]
+
+
+def _time_and_device(row: tuple[Any, ...]) -> tuple[Any, Any]:
+    return row[0], row[1]
 
 
 def _metric_indexes(scope: Scope) -> list[int]:
