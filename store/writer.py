@@ -28,6 +28,11 @@ REJECT_COLUMNS: Final = ("received_at", "topic", "device_id", "reason", "detail"
 _REJECT_TYPES: Final = ("timestamptz", "text", "text", "text", "text", "bytea")
 # Days of partitions made ahead of the newest reading, so midnight never waits on DDL.
 _PARTITIONS_AHEAD: Final = 2
+# Notified by every transaction that stores readings, at its commit: live delivery wakes on it
+# instead of waiting for its next poll. PostgreSQL folds a channel's notifications within one
+# transaction into one; the listener learns "something was committed", never what.
+READINGS_CHANNEL: Final = "silobreak_readings"
+_NOTIFY: Final = f"NOTIFY {READINGS_CHANNEL}".encode()
 # SQLSTATE classes after which the same batch may succeed later: 08 connection exception,
 # 53 insufficient resources (disk full), 57 operator intervention (shutdown), 40 rollback.
 _RETRYABLE_CLASSES: Final = ("08", "53", "57", "40")
@@ -182,6 +187,8 @@ class ReadingsWriter:
                         stored += new
                         duplicates += dup
                 in_rows = False
+                if stored:
+                    await conn.execute(_NOTIFY, prepare=False)
                 await self._insert_rejects(conn, rejects)
                 if replayed:
                     await conn.execute(
@@ -278,6 +285,8 @@ class ReadingsWriter:
                 letters = [(i, dead_letter(i, why)) for i, why in found]
                 with step():
                     await self._insert_rejects(conn, [*rejects, *(r for _, r in letters)])
+                    if stored:
+                        await conn.execute(_NOTIFY, prepare=False)
                     await conn.execute("COMMIT", prepare=False)
             except BaseException:
                 if not conn.closed:

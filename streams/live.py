@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from store.writer import READINGS_CHANNEL
 from streams import cursor, history
 from streams.aggregate import AggregateKey, aggregates, key_of
 from streams.cursor import Live, Replay, Watermark
@@ -35,6 +37,8 @@ FEED_QUEUE: Final = 100
 REPLAY_PAGE: Final = 5000
 # How long a hub failure (the store down) waits before the next try.
 RETRY_S: Final = 1.0
+# The least time between two ticks: commits closer together than this share a tick.
+MIN_TICK_S: Final = 0.05
 
 
 class FeedClosed(Exception):
@@ -255,6 +259,8 @@ class Hub:
         self._moved = asyncio.Event()
         self._poke = asyncio.Event()
         self._on_tick: list[asyncio.Event] = []
+        self.listening = False  # hearing the writers' commits
+        self.notifications = 0
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -296,10 +302,20 @@ class Hub:
         await done.wait()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Tick until `stop`; the store going away pauses delivery, it does not end it."""
+        """Tick until `stop`; the store going away pauses delivery, it does not end it.
+
+        A tick follows each commit of readings (the writers' NOTIFY), at most one per
+        `MIN_TICK_S`, and at the latest one `poll_interval` after the previous tick: polling
+        alone keeps delivery going while notifications cannot be heard."""
         conn: psycopg.AsyncConnection[Any] | None = None
+        listener = asyncio.create_task(self._listen(stop), name="streams-hub-listen")
+        last = 0.0
         try:
             while not stop.is_set():
+                wait = last + MIN_TICK_S - time.monotonic()
+                if wait > 0:
+                    await _sleep_or(stop, wait)
+                last = time.monotonic()
                 try:
                     if conn is None or conn.closed:
                         conn = await psycopg.AsyncConnection.connect(
@@ -316,8 +332,30 @@ class Hub:
                     continue
                 await self._idle(stop)
         finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
             if conn is not None:
                 await conn.close()
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """Poke the hub at each commit of readings; reconnect when the store goes away."""
+        while not stop.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.conninfo, autocommit=True, application_name="silobreak-streams-listen"
+                ) as conn:
+                    await conn.execute(f"LISTEN {READINGS_CHANNEL}".encode())
+                    self.listening = True
+                    self._poke.set()  # commits while nobody listened: look now
+                    async for _ in conn.notifies():
+                        self.notifications += 1
+                        self._poke.set()
+            except psycopg.Error as exc:
+                logger.info("streams hub: not listening for commits: %s", str(exc).strip())
+            finally:
+                self.listening = False
+            await _sleep_or(stop, RETRY_S)
 
     async def _idle(self, stop: asyncio.Event) -> None:
         if self._poke.is_set():

@@ -40,6 +40,13 @@ async def read_until(
     return got
 
 
+async def eventually(check: Callable[[], bool], seconds: float) -> None:
+    """Wait until `check()` holds, looking every 10 ms, for at most `seconds`."""
+    async with asyncio.timeout(seconds):
+        while not check():  # noqa: ASYNC110 - a flag of the object under test, not an event
+            await asyncio.sleep(0.01)
+
+
 def has(device: str, value: float) -> Callable[[list[dict[str, Any]]], bool]:
     return lambda got: any(r["device_id"] == device and r["value"] == value for r in got)
 
@@ -320,3 +327,66 @@ def test_a_feed_that_starts_while_the_hub_reads_the_grants_is_not_closed(db_url:
         return closed
 
     assert asyncio.run(go()) == [None, None]
+
+
+def test_a_commit_wakes_the_hub_without_waiting_for_its_poll_even_after_losing_its_listener(
+    town: Town,
+) -> None:
+    """Writers NOTIFY at commit: with a 30 s poll a reading still arrives at once, and again
+    after the listening connection was cut (the hub listens anew)."""
+    lamp = f"{town.prefix}lamp-n1"
+    g = town.grant("lighting", consumer="planning", device_types=["streetlight"],
+                   metrics=["power_w"])  # fmt: skip
+
+    def listeners() -> list[int]:
+        with psycopg.connect(town.db_url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE application_name = 'silobreak-streams-listen'"
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    async def go() -> list[float]:
+        hub = Hub(town.db_url, poll_interval=timedelta(seconds=30), min_pool=5)
+        stop = asyncio.Event()
+        running = asyncio.create_task(hub.run(stop))
+        async with await psycopg.AsyncConnection.connect(town.db_url, autocommit=True) as conn:
+            grant = await grants.get(conn, g["id"])
+            cur = await conn.execute("SELECT pg_current_snapshot()::text")
+            snapshot = str((await cur.fetchone())[0])  # type: ignore[index]
+        feed = Feed(hub, grant, [narrow(grant, "streetlight")], Live(snapshot))
+        got: asyncio.Queue[float] = asyncio.Queue()
+
+        async def consume() -> None:
+            async for batch in feed.batches():
+                for r in batch.readings:
+                    got.put_nowait(r["value"])
+
+        consumer = asyncio.create_task(consume())
+        waited = []
+        try:
+            await eventually(lambda: hub.listening and feed.attached, 20)
+            for value in (1.0, 2.0):
+                if value == 2.0:
+                    # Cut every listening connection (the town's API server has one too).
+                    with psycopg.connect(town.db_url, autocommit=True) as c:
+                        for pid in await asyncio.to_thread(listeners):
+                            c.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                    await eventually(lambda: not hub.listening, 10)
+                    await eventually(lambda: hub.listening, 10)
+                await asyncio.sleep(0.5)  # past the tick the (re)connection asked for
+                started = time.monotonic()
+                await asyncio.to_thread(town.write, "streetlight", [(now(), lamp, 1, 50.0, value)])
+                async with asyncio.timeout(10):
+                    assert await got.get() == value
+                waited.append(time.monotonic() - started)
+        finally:
+            stop.set()
+            consumer.cancel()
+            await asyncio.gather(running, consumer, return_exceptions=True)
+        assert hub.notifications >= 2
+        return waited
+
+    waited = asyncio.run(go())
+    # A poll would have taken up to 30 s; a notification takes one tick.
+    assert all(w < 3.0 for w in waited), waited
