@@ -227,7 +227,7 @@ def rejects_list(
 def bench(ctx: click.Context, only: tuple[str, ...], quick: bool, write: Path | None) -> None:
     """Benchmarks, each measured against a baseline in the same run.
 
-    Without a subcommand, runs the whole set one after another (about 35 minutes at the
+    Without a subcommand, runs the whole set one after another (about 30 minutes at the
     documented sizes) and prints one report: a summary table and each benchmark's own.
     """
     if ctx.invoked_subcommand is not None:

@@ -124,7 +124,6 @@ def _apply(conn: psycopg.Connection[Any], backend: Backend) -> list[str]:
     return applied
 
 
-
 def _safe(conninfo: str) -> str:
     """The connection string without its password, for messages."""
     return re.sub(

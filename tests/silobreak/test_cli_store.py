@@ -21,9 +21,7 @@ pytestmark = pytest.mark.integration
 _ENTRY = "import silobreak.cli_store; from silobreak.cli import main; main(prog_name='silobreak')"
 
 
-def cli(
-    tmp_path: Path, db_url: str, *args: str, **env: str
-) -> subprocess.CompletedProcess[str]:
+def cli(tmp_path: Path, db_url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SILOBREAK_")}
     return subprocess.run(
         [sys.executable, "-c", _ENTRY, *args],
@@ -109,9 +107,7 @@ def test_backfill_a_simulated_month_then_query_it(tmp_path: Path, db_url: str) -
     assert 2 <= len(series.splitlines()) <= 11
 
 
-def test_retention_commands_set_list_apply_and_refuse_nonsense(
-    tmp_path: Path, db_url: str
-) -> None:
+def test_retention_commands_set_list_apply_and_refuse_nonsense(tmp_path: Path, db_url: str) -> None:
     assert "readings kept 400d" in ok(cli(tmp_path, db_url, "retention", "set", "water", "400d"))
     ok(cli(tmp_path, db_url, "retention", "set", "energy", "30d", "--aggregates", "1825d"))
     listed = ok(cli(tmp_path, db_url, "retention", "list", "--format", "csv"))
