@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -94,8 +94,14 @@ class Scope:
             return min_lon <= lon <= max_lon and min_lat <= lat <= max_lat
         return True
 
-    def where(self) -> tuple[sql.Composable, dict[str, Any]]:
-        """A condition over `r` (the readings table) and `d` (devices), with its parameters."""
+    def where(
+        self, present: Callable[[str], sql.Composable] | None = None
+    ) -> tuple[sql.Composable, dict[str, Any]]:
+        """A condition over `r` (the readings table) and `d` (devices), with its parameters.
+
+        `present(metric)` says a row has the metric (default `r.<metric> IS NOT NULL`; an
+        aggregate view's `r.<metric>_count > 0`); `r` needs only `service` besides.
+        """
         g = self.grant
         parts: list[sql.Composable] = [sql.SQL("r.service = %(owner)s")]
         params: dict[str, Any] = {"owner": g.owner}
@@ -109,11 +115,14 @@ class Scope:
                 sql.SQL("d.lon BETWEEN %(x0)s AND %(x1)s AND d.lat BETWEEN %(y0)s AND %(y1)s")
             )
             params.update(x0=g.bbox[0], y0=g.bbox[1], x1=g.bbox[2], y1=g.bbox[3])
-        metric_any = sql.SQL(" OR ").join(
-            sql.SQL("r.{} IS NOT NULL").format(sql.Identifier(m)) for m in self.metrics
-        )
+        has = present or _not_null
+        metric_any = sql.SQL(" OR ").join(has(m) for m in self.metrics)
         parts.append(sql.SQL("({})").format(metric_any))
         return sql.SQL(" AND ").join(parts), params
+
+
+def _not_null(metric: str) -> sql.Composable:
+    return sql.SQL("r.{} IS NOT NULL").format(sql.Identifier(metric))
 
 
 def narrow(
