@@ -112,8 +112,15 @@ def test_the_runner_publishes_n_messages_and_a_subscriber_receives_them_all(
         assert subscriber.wait_until(lambda: _missing(expected, subscriber) == 0), _missing(
             expected, subscriber
         )
-        states = Counter(json.loads(p)["state"] for _, p in subscriber.payloads("status"))
-        assert states["online"] == len(fleet) and states["offline"] == len(fleet)
+
+        def states() -> Counter[str]:
+            return Counter(json.loads(p)["state"] for _, p in subscriber.payloads("status"))
+
+        # The last statuses may still be on their way from the broker when telemetry is in.
+        assert subscriber.wait_until(
+            lambda: states()["online"] == len(fleet) and states()["offline"] == len(fleet),
+            timeout=10,
+        ), states()
     finally:
         subscriber.close()
 
