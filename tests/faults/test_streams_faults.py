@@ -32,6 +32,7 @@ from store.writer import ReadingsWriter
 from streams import webhooks
 from streams.client import StreamsClient
 from tests.e2e.harness import IngestProcess
+from tests.support.http import serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -95,14 +96,8 @@ class _HookHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def hook_receiver() -> Iterator[HookReceiver]:
-    server = HookReceiver(free_port())
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(HookReceiver(free_port())) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # -- the writers ------------------------------------------------------------------------------

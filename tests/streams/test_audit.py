@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +17,7 @@ from streams.gateway import Gateway, StreamsConfig, encode_batch
 from streams.live import Batch
 from streams.webhooks import Retry
 from tests.streams.conftest import wait_until
+from tests.support.http import serving
 
 pytestmark = pytest.mark.integration
 
@@ -49,14 +49,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    server = Receiver(free_port())
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Receiver(free_port())) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def left_pending(db_url: str, url: str, *, grant_status: str = "active") -> tuple[str, bytes]:

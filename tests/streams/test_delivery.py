@@ -16,6 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from silobreak.local import LocalMosquitto
 from streams import webhooks
 from tests.streams.conftest import Town, wait_until
+from tests.support.http import serving
 
 pytestmark = pytest.mark.integration
 
@@ -49,14 +50,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def receiver(town: Town) -> Iterator[Receiver]:
-    server = Receiver(town.hook_port, failures=3)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Receiver(town.hook_port, failures=3)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_webhook_failing_three_times_then_recovering_gets_every_batch_once_signed(
