@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import psycopg
+from psycopg import sql
 
 from devices.registry import new_record
 from silobreak.bench.overload_publish import PREFIX
@@ -148,15 +149,24 @@ def run_overload_bench(
     devices: int = 1000,
     batch_size: int = 5000,
     receive_maximum: int = 20_000,
+    store_delay_s: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> OverloadReport:
-    """Overload one ingestor for `seconds`, then wait for the backlog to drain."""
+    """Overload one ingestor for `seconds`, then wait for the backlog to drain.
+
+    `store_delay_s` makes every write statement into the readings table take at least that
+    long (a statement trigger that sleeps), which caps ingest at `batch_size / store_delay_s`
+    messages a second whatever the machine's speed: the overload is then certain by
+    construction, not a race between the publisher and the store.
+    """
     report = OverloadReport(seconds, publishers, batch_size, receive_maximum)
     with bench_servers("overload", broker_config=_BROKER_QUEUE + _BROKER_STATS) as (broker, db_url):
         with psycopg.connect(db_url, autocommit=True) as conn:
             upsert_devices(
                 conn, [new_record(f"{PREFIX}{d:05d}", "air_sensor") for d in range(devices)]
             )
+            if store_delay_s > 0:
+                _slow_store(conn, store_delay_s)
         env = {
             "SILOBREAK_MQTT_URL": broker.url,
             "SILOBREAK_DATABASE_URL": db_url,
@@ -177,6 +187,20 @@ def run_overload_bench(
         assert row is not None
         report.stored, report.rejected = int(row[0]), int(row[1])
     return report
+
+
+def _slow_store(conn: psycopg.Connection[Any], delay_s: float) -> None:
+    """Every statement that writes air-sensor readings sleeps `delay_s` first."""
+    conn.execute(
+        sql.SQL(
+            "CREATE FUNCTION overload_slow_store() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$BEGIN PERFORM pg_sleep({}); RETURN NULL; END$$"
+        ).format(sql.Literal(delay_s))
+    )
+    conn.execute(
+        "CREATE TRIGGER overload_slow_store BEFORE INSERT ON readings_air_sensor"
+        " FOR EACH STATEMENT EXECUTE FUNCTION overload_slow_store()"
+    )
 
 
 def _overload(
