@@ -4,8 +4,9 @@ The store keeps per-device aggregates of 1 minute and 1 hour (`agg_1m_<type>`,
 `agg_1h_<type>`, on TimescaleDB and plain PostgreSQL alike) beside the raw `readings_<type>`
 tables. `source()` reads all three shapes as one: a row per (time, device) with each metric's
 sum, count, min and max, so one outer query serves every range. Grafana sets `$__interval`
-from the range and the panel width; the branch whose level tiles it runs, the others are
-constant-false and pruned by the planner before they read anything.
+from the range and the panel width; `silobreak_agg_level()` (the store's one level rule,
+which every reader calls) names the branch that runs, the others are constant-false and
+pruned by the planner before they read anything.
 
 Queries name tables unqualified: the platform's own login finds them in `public`, a governed
 role (`grafana_<service>`) finds its views of the same names in `governed`.
@@ -16,9 +17,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-# Level, view prefix and width in ms, coarsest first.
-_LEVELS: Final = (("agg_1h", 3_600_000), ("agg_1m", 60_000))
+# The stored levels, by the name silobreak_agg_level() gives them.
+_LEVELS: Final = (("1h", "agg_1h"), ("1m", "agg_1m"))
 STATS: Final = ("sum", "count", "min", "max")
+# The store's one level rule (migration 0050), on the panel's interval: the panel groups
+# whole intervals, so the range needs no check of its own.
+LEVEL: Final = "silobreak_agg_level($__interval_ms * INTERVAL '1 millisecond')"
 
 
 def ident(name: str) -> str:
@@ -30,31 +34,28 @@ def source(device_type: str, metrics: Sequence[str], *, level: str | None = None
     """SELECT of (t, device_id, service, <m>_sum, <m>_count, <m>_min, <m>_max) in the range.
 
     `level` forces one stored level ("agg_1h": for daily and hour-of-day figures); by default
-    the coarsest one whose width divides $__interval, else the raw table.
+    the one silobreak_agg_level() picks for $__interval, as every reader of the store does.
     """
     stats = [f"{m}_{s}" for m in metrics for s in STATS]
     branches = []
-    previous: list[str] = []
-    for name, width in _LEVELS:
-        if level is not None and name != level:
+    for name, view in _LEVELS:
+        if level is not None and view != level:
             continue
-        conds = [*previous, f"$__interval_ms % {width} = 0"] if level is None else []
+        conds = [] if level is not None else [f"{LEVEL} = '{name}'"]
         conds.append("$__timeFilter(bucket)")
         branches.append(
             f"SELECT bucket AS t, device_id, service, {', '.join(stats)}"
-            f" FROM {name}_{device_type} WHERE {' AND '.join(conds)}"
+            f" FROM {view}_{device_type} WHERE {' AND '.join(conds)}"
         )
-        previous.append(f"$__interval_ms % {width} <> 0")
     if level is None:
         raw = ", ".join(
             f"{ident(m)}::float8, ({ident(m)} IS NOT NULL)::int, {ident(m)}::float8,"
             f" {ident(m)}::float8"
             for m in metrics
         )
-        conds = [*previous, "$__timeFilter(time)"]
         branches.append(
             f"SELECT time, device_id, service, {raw} FROM readings_{device_type}"
-            f" WHERE {' AND '.join(conds)}"
+            f" WHERE {LEVEL} = 'raw' AND $__timeFilter(time)"
         )
     return "\n  UNION ALL\n  ".join(branches)
 

@@ -52,12 +52,3 @@ def aggregate_columns(device_type: str) -> tuple[str, ...]:
     """Every column of a device type's aggregate views, in order."""
     metrics = READINGS_TABLES[device_type].metric_columns
     return ("bucket", "device_id", "service", *(column(m, s) for m in metrics for s in STATS))
-
-
-def level_for(step: timedelta) -> Level | None:
-    """The coarsest stored level that tiles `step` exactly; None: only raw rows can."""
-    chosen = None
-    for level in LEVELS:
-        if step >= level.width and step % level.width == timedelta(0):
-            chosen = level
-    return chosen

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import psycopg
@@ -14,7 +14,8 @@ from psycopg import sql
 from store.aggregates import HOUR, LEVELS
 from store.errors import StoreError
 from store.migrate import Backend, store_backend
-from store.read import align
+from store.query import DEFAULT_SEAL_GRACE, Scope, sealed_end, widen
+from store.reader import release
 from store.schema import READINGS_TABLES
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,9 @@ DEFAULT_SETTLE: Final = timedelta(minutes=2)
 # aggregates kept longer than raw rows need raw rows kept at least this long, or a refresh
 # inside the window would recompute them from rows that retention already removed.
 REFRESH_WINDOW: Final = timedelta(days=8)
+# How far back each round releases hourly pooled buckets (readers release older ones on
+# demand): a day covers any upkeep outage shorter than that.
+POOLED_WINDOW: Final = timedelta(days=1)
 # Advisory-lock class of rollup refreshes (any constant; the key is the table's hash).
 _LOCK_CLASS: Final = 0x51_10
 
@@ -46,6 +50,7 @@ class MaintenanceReport:
     backend: Backend
     pieces: int = 0  # plain: (device, time range) pieces of rollups recomputed
     jobs: list[str] = field(default_factory=list)  # timescale: the jobs run, in order
+    pooled: int = 0  # runs of hourly pooled buckets released
     retention: list[RetentionAction] = field(default_factory=list)
 
 
@@ -80,8 +85,21 @@ def maintain(
         kinds = ["refresh", *(["compression"] if compression else [])]
         kinds += ["retention"] if retention else []
         report.jobs = run_jobs(conn, kinds)
+    report.pooled = release_pooled(conn)
     report.retention = _retention_since(conn, last_log)
     return report
+
+
+def release_pooled(conn: psycopg.Connection[Any], *, now: datetime | None = None) -> int:
+    """Release the sealed hourly pooled buckets of the last POOLED_WINDOW, every device type:
+    Grafana's governed `pooled_1h` and hourly pooled grants read them."""
+    now = now or datetime.now(UTC)
+    start, end = widen(now - POOLED_WINDOW, now, HOUR.width)
+    end = sealed_end(end, HOUR.width, now, DEFAULT_SEAL_GRACE)
+    return sum(
+        release(conn, Scope(t, pooled=True, interval=HOUR.width), start, end)
+        for t in READINGS_TABLES
+    )
 
 
 def refresh_rollups(conn: psycopg.Connection[Any], *, settle: timedelta = DEFAULT_SETTLE) -> int:
@@ -129,7 +147,7 @@ def refresh_range(
         refresh_rollups(conn)
         return
     # Whole hours: the window must cover whole buckets of both levels.
-    lo, hi = align(start, end, HOUR.width)
+    lo, hi = widen(start, end, HOUR.width)
     for device_type in device_types:
         for level in LEVELS:
             conn.execute(

@@ -8,30 +8,28 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 import psycopg
 
+from store import query as q
 from store.aggregates import LEVELS, Level
 from store.downsample import lttb, nice_step
 from store.errors import StoreError
+from store.query import RawKey, Scope
 from store.read import (
     Bucket,
     LevelChoice,
     Pool,
-    RawKey,
     RawPage,
     Reading,
     Selection,
-    align,
     bucket_rows,
-    buckets_query,
     choose_level,
-    latest_query,
     latest_rows,
+    pooled_rows,
     raw_page,
-    raw_query,
 )
 
 logger = logging.getLogger(__name__)
@@ -71,7 +69,7 @@ class StoreReader:
         limit: int = DEFAULT_PAGE,
     ) -> RawPage:
         """Readings in [start, end) ordered by (time, device_id); `limit` counts messages."""
-        query, params = raw_query(sel, start, end, after=after, limit=limit)
+        query, params = q.raw(sel.scope(), start=start, end=end, after=after, limit=limit)
         return raw_page(sel, self._conn.execute(query, params).fetchall(), limit)
 
     def buckets(
@@ -84,14 +82,20 @@ class StoreReader:
         pool: Pool = "device",
         level: LevelChoice = "auto",
     ) -> list[Bucket]:
-        """Aggregates by `step`, from the coarsest stored level that tiles it (or raw rows)."""
-        first, last = align(start, end, step)
-        chosen = choose_level(step, level)
-        query, params = buckets_query(sel, first, last, step, pool=pool, level=chosen)
+        """Aggregates by `step` over [start, end) widened to whole steps: per device from the
+        level silobreak_agg_level() picks, or pooled per district from released buckets."""
+        first, last = q.widen(start, end, step)
+        if pool == "district":
+            scope = sel.scope(pool=pool, step=step)
+            last = q.sealed_end(last, step, _now(), q.DEFAULT_SEAL_GRACE)
+            release(self._conn, scope, first, last)
+            query, params = q.pooled(scope, first, last)
+            return pooled_rows(sel, self._conn.execute(query, params).fetchall())
+        query, params = q.buckets(sel.scope(), first, last, step, level=choose_level(step, level))
         return bucket_rows(sel, self._conn.execute(query, params).fetchall())
 
     def latest(self, sel: Selection) -> list[Reading]:
-        query, params = latest_query(sel)
+        query, params = q.latest(sel.scope())
         return latest_rows(sel, self._conn.execute(query, params).fetchall())
 
     def series(
@@ -124,7 +128,7 @@ class AsyncStoreReader:
         after: RawKey | None = None,
         limit: int = DEFAULT_PAGE,
     ) -> RawPage:
-        query, params = raw_query(sel, start, end, after=after, limit=limit)
+        query, params = q.raw(sel.scope(), start=start, end=end, after=after, limit=limit)
         cur = await self._conn.execute(query, params)
         return raw_page(sel, await cur.fetchall(), limit)
 
@@ -138,14 +142,20 @@ class AsyncStoreReader:
         pool: Pool = "device",
         level: LevelChoice = "auto",
     ) -> list[Bucket]:
-        first, last = align(start, end, step)
-        chosen = choose_level(step, level)
-        query, params = buckets_query(sel, first, last, step, pool=pool, level=chosen)
+        first, last = q.widen(start, end, step)
+        if pool == "district":
+            scope = sel.scope(pool=pool, step=step)
+            last = q.sealed_end(last, step, _now(), q.DEFAULT_SEAL_GRACE)
+            await release_async(self._conn, scope, first, last)
+            query, params = q.pooled(scope, first, last)
+            cur = await self._conn.execute(query, params)
+            return pooled_rows(sel, await cur.fetchall())
+        query, params = q.buckets(sel.scope(), first, last, step, level=choose_level(step, level))
         cur = await self._conn.execute(query, params)
         return bucket_rows(sel, await cur.fetchall())
 
     async def latest(self, sel: Selection) -> list[Reading]:
-        query, params = latest_query(sel)
+        query, params = q.latest(sel.scope())
         cur = await self._conn.execute(query, params)
         return latest_rows(sel, await cur.fetchall())
 
@@ -161,6 +171,50 @@ class AsyncStoreReader:
         step, level = _series_plan(sel, start, end, max_points, method)
         rows = await self.buckets(sel, start, end, step, level=level, pool=_pool(sel))
         return _series_points(rows, max_points, method)
+
+
+def release(conn: psycopg.Connection[Any], scope: Scope, start: datetime, end: datetime) -> int:
+    """Release the pooled buckets of [start, end) (whole and sealed) not released yet;
+    returns how many runs of buckets it released."""
+    width = _width(scope)
+    if end <= start:
+        return 0
+    with conn.transaction():
+        conn.execute(*q.release_lock(scope.device_type, width))
+        done = [r[0] for r in conn.execute(*q.released_query(scope.device_type, width, start, end))]
+        spans = q.missing_spans(done, start, end, width)
+        for first, last in spans:
+            for stmt in q.release_statements(scope.device_type, width, first, last):
+                conn.execute(*stmt)
+    return len(spans)
+
+
+async def release_async(
+    conn: psycopg.AsyncConnection[Any], scope: Scope, start: datetime, end: datetime
+) -> int:
+    """release() on an async connection."""
+    width = _width(scope)
+    if end <= start:
+        return 0
+    async with conn.transaction():
+        await conn.execute(*q.release_lock(scope.device_type, width))
+        cur = await conn.execute(*q.released_query(scope.device_type, width, start, end))
+        done = [r[0] for r in await cur.fetchall()]
+        spans = q.missing_spans(done, start, end, width)
+        for first, last in spans:
+            for stmt in q.release_statements(scope.device_type, width, first, last):
+                await conn.execute(*stmt)
+    return len(spans)
+
+
+def _width(scope: Scope) -> timedelta:
+    if not scope.pooled or scope.interval is None:
+        raise StoreError("only a pooled scope with an interval has buckets to release")
+    return scope.interval
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _series_plan(
@@ -191,11 +245,13 @@ def _pool(sel: Selection) -> Pool:
 
 
 def _series_points(rows: list[Bucket], max_points: int, method: Method) -> list[Point]:
+    # A pooled bucket has no envelope (its min and max would be one device's readings).
     points = [
-        Point(r.bucket, r.avg, r.min, r.max, r.count)
+        Point(r.bucket, r.avg, r.min if r.min is not None else r.avg,
+              r.max if r.max is not None else r.avg, r.count)
         for r in rows
-        if r.avg is not None and r.min is not None and r.max is not None
-    ]
+        if r.avg is not None
+    ]  # fmt: skip
     if method == "minmax" or len(points) <= max_points:
         return points
     by_time = {p.time: p for p in points}

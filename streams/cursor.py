@@ -14,19 +14,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from store.query import COMMITTED_AFTER, COMMITTED_UPTO
 from streams.errors import ApiError
 
 # A pg_snapshot in text form.
 _SNAPSHOT_RE: Final = re.compile(r"\d{1,20}:\d{1,20}:(?:\d{1,20}(?:,\d{1,20})*)?")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
-# Rows committed after the snapshot `prev` (and visible to the reading transaction).
-AFTER: Final = (
-    "r.batch >= pg_snapshot_xmin(%(prev)s::pg_snapshot)::text::bigint"
-    " AND NOT pg_visible_in_snapshot(r.batch::text::xid8, %(prev)s::pg_snapshot)"
-)
-# ... and committed before the snapshot `upto` (a catch-up to a known position).
-UPTO: Final = "pg_visible_in_snapshot(r.batch::text::xid8, %(upto)s::pg_snapshot)"
+# Rows committed after the snapshot `prev`, and before the snapshot `upto`: the store's.
+AFTER: Final = COMMITTED_AFTER
+UPTO: Final = COMMITTED_UPTO
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
 import psycopg
 from psycopg import sql
 
-from streams import cursor
+from store import query as store_query
 from streams.scope import Scope
 
 logger = logging.getLogger(__name__)
@@ -21,12 +20,7 @@ WideRow = tuple[Any, ...]
 _FIXED: Final = 4
 
 
-@dataclass(frozen=True, slots=True)
-class RowKey:
-    """The last (time, device_id) of a page: the next page starts after it."""
-
-    time: datetime
-    device_id: str
+RowKey = store_query.RawKey
 
 
 async def raw_page(
@@ -44,30 +38,10 @@ async def raw_page(
     `committed_before` (a snapshot) keeps only rows whose writing transaction it saw: a
     replay reads exactly the history that preceded its live cursor, in any later transaction.
     """
-    where, params = scope.where()
-    conds = [where]
-    if start is not None:
-        conds.append(sql.SQL("r.time >= %(start)s"))
-        params["start"] = start
-    if end is not None:
-        conds.append(sql.SQL("r.time < %(end)s"))
-        params["end"] = end
-    if after is not None:
-        conds.append(sql.SQL("(r.time, r.device_id) > (%(a_time)s, %(a_dev)s)"))
-        params.update(a_time=after.time, a_dev=after.device_id)
-    if committed_before is not None:
-        conds.append(sql.SQL(cursor.UPTO))
-        params["upto"] = committed_before
-    params["limit"] = limit
-    query = sql.SQL(
-        "SELECT r.time, r.device_id, r.service, d.district, {metrics}"
-        " FROM {table} r JOIN devices d USING (device_id)"
-        " WHERE {conds} ORDER BY r.time, r.device_id LIMIT %(limit)s"
-    ).format(
-        metrics=metric_columns(scope.metrics),
-        table=sql.Identifier(scope.table),
-        conds=sql.SQL(" AND ").join(conds),
-    )
+    query, params = store_query.raw(
+        scope.store_scope(), start=start, end=end, after=after, limit=limit,
+        committed_upto=committed_before,
+    )  # fmt: skip
     cur = await conn.execute(query, params)
     return await cur.fetchall()
 
@@ -76,20 +50,8 @@ async def committed_after(
     conn: psycopg.AsyncConnection[Any], scope: Scope, *, prev: str, upto: str | None
 ) -> list[WideRow]:
     """Rows of `scope` committed after snapshot `prev` (and before `upto`, when given)."""
-    where, params = scope.where()
-    conds = [where, sql.SQL(cursor.AFTER)]
-    params["prev"] = prev
-    if upto is not None:
-        conds.append(sql.SQL(cursor.UPTO))
-        params["upto"] = upto
-    query = sql.SQL(
-        "SELECT r.time, r.device_id, r.service, d.district, {metrics}"
-        " FROM {table} r JOIN devices d USING (device_id)"
-        " WHERE {conds} ORDER BY r.time, r.device_id"
-    ).format(
-        metrics=metric_columns(scope.metrics),
-        table=sql.Identifier(scope.table),
-        conds=sql.SQL(" AND ").join(conds),
+    query, params = store_query.raw(
+        scope.store_scope(), limit=None, committed_after=prev, committed_upto=upto
     )
     cur = await conn.execute(query, params)
     return await cur.fetchall()

@@ -22,6 +22,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from store.aggregates import ORIGIN
 from store.writer import READINGS_CHANNEL
 from streams import cursor, history
 from streams.aggregate import AggregateKey, aggregates, key_of
@@ -216,7 +217,7 @@ class Feed:
                 async with self.hub.connection() as conn:
                     rows = await aggregates(
                         conn, scope, start=start, end=end, after=after, limit=REPLAY_PAGE,
-                        min_pool=self.hub.min_pool,
+                        min_pool=self.hub.min_pool, grace=self.hub.aggregate_grace,
                     )  # fmt: skip
                 self._check()
                 if not rows:
@@ -546,5 +547,4 @@ def _now() -> datetime:
 
 
 def _floor_to(at: datetime, step: timedelta) -> datetime:
-    origin = datetime(2000, 1, 1, tzinfo=UTC)
-    return origin + ((at - origin) // step) * step
+    return ORIGIN + ((at - ORIGIN) // step) * step

@@ -18,7 +18,15 @@ from streams.auth import Caller, CallerDep, forbidden
 from streams.cursor import from_micros, micros
 from streams.errors import ApiError
 from streams.gateway import GatewayDep
-from streams.scope import AGGREGATE, RAW, Grant, Scope, narrow, pick_device_type
+from streams.scope import (
+    AGGREGATE,
+    POOL_DISTRICT,
+    RAW,
+    Grant,
+    Scope,
+    narrow,
+    pick_device_type,
+)
 
 router = APIRouter(prefix="/v1/history", tags=["history"])
 
@@ -30,7 +38,11 @@ MAX_RANGE: Final = timedelta(days=400)
 RAW_COLUMNS: Final = ("time", "device_id", "device_type", "service", "district", "metric", "value")
 AGG_COLUMNS: Final = (
     "bucket", "device_id", "device_type", "service", "district", "metric",
-    "avg", "min", "max", "count", "devices",
+    "avg", "min", "max", "count",
+)  # fmt: skip
+# Pooled rows carry no min, max or last: each would be one device's own reading.
+POOLED_COLUMNS: Final = (
+    "bucket", "device_type", "service", "district", "metric", "sum", "avg", "count", "devices",
 )  # fmt: skip
 NEXT_HEADER: Final = "X-Next-After"
 
@@ -66,7 +78,7 @@ async def read_history(
         else:
             readings = await aggregates(
                 conn, scope, start=start, end=end, after=_agg_key(after), limit=limit,
-                min_pool=gateway.config.min_pool,
+                min_pool=gateway.config.min_pool, grace=gateway.config.aggregate_grace,
             )  # fmt: skip
             full = len(readings) == limit
             next_after = _encode_agg_key(key_of(readings[-1])) if full else None
@@ -165,7 +177,11 @@ def _agg_key(text: str | None) -> AggregateKey | None:
 
 
 def _csv(grant: Grant, readings: list[dict[str, Any]], next_after: str | None) -> Response:
-    columns = RAW_COLUMNS if grant.granularity == RAW else AGG_COLUMNS
+    columns: tuple[str, ...]
+    if grant.granularity == RAW:
+        columns = RAW_COLUMNS
+    else:
+        columns = POOLED_COLUMNS if grant.pool == POOL_DISTRICT else AGG_COLUMNS
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(columns)

@@ -1,16 +1,19 @@
-"""What one read may see under one grant: the rule live delivery, replay and history all apply."""
+"""What one read may see under one grant: the rule live delivery, replay and history all apply.
+
+A grant becomes a `store.query.Scope` (plain data) and every read goes through the store's
+one query builder; `Scope.matches()` is the same rule for the rows the live hub fetched once
+for every feed (tests/streams/test_one_read_path.py holds the two together)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Final
-
-from psycopg import sql
+from datetime import datetime, timedelta
+from typing import Final
 
 from devices.catalog import DEVICE_TYPES
+from store import query as store_query
 from streams.auth import forbidden
 from streams.errors import ApiError
 
@@ -94,35 +97,24 @@ class Scope:
             return min_lon <= lon <= max_lon and min_lat <= lat <= max_lat
         return True
 
-    def where(
-        self, present: Callable[[str], sql.Composable] | None = None
-    ) -> tuple[sql.Composable, dict[str, Any]]:
-        """A condition over `r` (the readings table) and `d` (devices), with its parameters.
+    def store_scope(self, *, min_pool: int = 1) -> store_query.Scope:
+        """This scope as the store's read path takes it: the grant's rule as data.
 
-        `present(metric)` says a row has the metric (default `r.<metric> IS NOT NULL`; an
-        aggregate view's `r.<metric>_count > 0`); `r` needs only `service` besides.
-        """
+        Raw and per-device grants never see personal-data devices; a district-pooled grant
+        sees whole pools of its interval, over at least `min_pool` devices and readings."""
         g = self.grant
-        parts: list[sql.Composable] = [sql.SQL("r.service = %(owner)s")]
-        params: dict[str, Any] = {"owner": g.owner}
-        if not g.personal_allowed:
-            parts.append(sql.SQL("NOT d.personal_data"))
-        if self.districts is not None:
-            parts.append(sql.SQL("d.district = ANY(%(districts)s)"))
-            params["districts"] = sorted(self.districts)
-        if g.bbox is not None:
-            parts.append(
-                sql.SQL("d.lon BETWEEN %(x0)s AND %(x1)s AND d.lat BETWEEN %(y0)s AND %(y1)s")
-            )
-            params.update(x0=g.bbox[0], y0=g.bbox[1], x1=g.bbox[2], y1=g.bbox[3])
-        has = present or _not_null
-        metric_any = sql.SQL(" OR ").join(has(m) for m in self.metrics)
-        parts.append(sql.SQL("({})").format(metric_any))
-        return sql.SQL(" AND ").join(parts), params
-
-
-def _not_null(metric: str) -> sql.Composable:
-    return sql.SQL("r.{} IS NOT NULL").format(sql.Identifier(metric))
+        pooled = g.granularity == AGGREGATE and g.pool == POOL_DISTRICT
+        return store_query.Scope(
+            self.device_type,
+            self.metrics,
+            owners=(g.owner,),
+            districts=None if self.districts is None else tuple(sorted(self.districts)),
+            bbox=g.bbox,
+            personal=g.personal_allowed,
+            pooled=pooled,
+            interval=None if g.interval_s is None else timedelta(seconds=g.interval_s),
+            min_pool=max(g.min_devices or 0, min_pool) if pooled else 1,
+        )
 
 
 def narrow(

@@ -13,6 +13,7 @@ import psycopg
 
 from devices.broker_auth import DELIVERIES
 from devices.catalog import DEVICE_TYPES
+from store.aggregates import ORIGIN
 from streams import audit, cursor, grants, webhooks
 from streams.auth import Caller, forbidden
 from streams.errors import ApiError
@@ -199,9 +200,8 @@ async def _start(
     if grant.granularity == AGGREGATE:
         assert grant.interval_s is not None
         step = timedelta(seconds=grant.interval_s)
-        origin = datetime(2000, 1, 1, tzinfo=UTC)
         at = since or datetime.now(UTC)
-        return cursor.Watermark(origin + ((at - origin) // step) * step)
+        return cursor.Watermark(ORIGIN + ((at - ORIGIN) // step) * step)
     cur = await conn.execute("SELECT pg_current_snapshot()::text")
     row = await cur.fetchone()
     assert row is not None

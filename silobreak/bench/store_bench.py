@@ -21,8 +21,9 @@ from silobreak.backfill import BackfillReport, SimulatedCity, backfill_simulated
 from silobreak.bench.machine import describe_machine
 from silobreak.bench.servers import bench_database
 from store.maintain import refresh_rollups
-from store.read import LevelChoice, Pool, Selection
-from store.reader import StoreReader
+from store.query import LevelName, pooled_compute
+from store.read import LevelChoice, Selection
+from store.reader import StoreReader, release
 from store.schema import READINGS_TABLES
 from store.writer import ReadingsWriter
 
@@ -161,41 +162,73 @@ def _time_charts(
     lamps = [d.record for d in fleet.devices if d.device_type == DEVICE_TYPE]
     device = lamps[0].device_id
     district = lamps[0].district
-    charts: list[tuple[str, Selection, Pool]] = [
-        (f"one device ({device})", Selection(DEVICE_TYPE, (METRIC,), (device,)), "device"),
+    reader = StoreReader(conn)
+    one = Selection(DEVICE_TYPE, (METRIC,), (device,))
+    pool = Selection(DEVICE_TYPE, (METRIC,), district=district)
+    pooled = pool.scope(pool="district", step=STEP)
+
+    def computed(level: LevelName) -> Callable[[], list[tuple[Any, ...]]]:
+        # What releasing the pools computes, from one level: the pooled read before the
+        # ledger of released buckets existed (per-device aggregates summed per district).
+        query, params = pooled_compute(DEVICE_TYPE, STEP, start, end, level=level)
+
+        def read() -> list[tuple[Any, ...]]:
+            rows = conn.execute(query, params).fetchall()
+            return [(r[0], r[5]) for r in rows if r[2] == district and r[3] == METRIC]
+
+        return read
+
+    def released() -> list[tuple[Any, ...]]:
+        return [
+            (b.bucket, b.count) for b in reader.buckets(pool, start, end, STEP, pool="district")
+        ]
+
+    def device_chart(level: LevelChoice) -> Callable[[], list[tuple[Any, ...]]]:
+        return lambda: [
+            (b.bucket, b.count) for b in reader.buckets(one, start, end, STEP, level=level)
+        ]
+
+    started = time.perf_counter()
+    release(conn, pooled, start, end)
+    log(
+        f"released {days(start, end)} days of hourly pools in {time.perf_counter() - started:.1f} s"
+    )
+    size = sum(1 for r in lamps if r.district == district)
+    charts: list[tuple[str, list[tuple[str, Callable[[], list[tuple[Any, ...]]]]]]] = [
         (
-            (
-                f"one district ({district}, "
-                f"{sum(1 for r in lamps if r.district == district)} streetlights pooled)"
-            ),
-            Selection(DEVICE_TYPE, (METRIC,), district=district),
-            "district",
+            f"one device ({device})",
+            [("raw rows", device_chart("raw")), ("1-hour aggregate", device_chart("auto"))],
+        ),
+        (
+            f"one district ({district}, {size} streetlights pooled)",
+            [
+                ("raw rows", computed("raw")),
+                ("1-hour aggregate", computed("1h")),
+                ("released pools", released),
+            ],
         ),
     ]
-    reader = StoreReader(conn)
     out = []
-    for chart, sel, pool in charts:
-        levels: tuple[LevelChoice, ...] = ("raw", "auto")
-        seconds: dict[LevelChoice, list[float]] = {"raw": [], "auto": []}
-        rows: dict[LevelChoice, Any] = {}
+    for chart, sources in charts:
+        seconds: dict[str, list[float]] = {name: [] for name, _ in sources}
+        rows: dict[str, list[tuple[Any, ...]]] = {}
         for _ in range(runs + 1):  # the first round warms the cache and is not counted
-            for level in levels:
+            for name, read in sources:
                 started = time.perf_counter()
-                rows[level] = reader.buckets(sel, start, end, STEP, pool=pool, level=level)
-                seconds[level].append(time.perf_counter() - started)
-        if [(b.bucket, b.count) for b in rows["raw"]] != [
-            (b.bucket, b.count) for b in rows["auto"]
-        ]:
-            raise RuntimeError(f"{chart}: raw and aggregate answers differ")
-        sources: tuple[tuple[LevelChoice, str], ...] = (
-            ("raw", "raw rows"),
-            ("auto", "1-hour aggregate"),
-        )
-        for level, source in sources:
-            timing = QueryTiming(chart, source, len(rows[level]), seconds[level][1:])
-            log(f"{chart} from {source}: {timing.median_ms:.1f} ms")
+                rows[name] = read()
+                seconds[name].append(time.perf_counter() - started)
+        answers = list(rows.values())
+        if any(a != answers[0] for a in answers):
+            raise RuntimeError(f"{chart}: the sources' answers differ")
+        for name, _ in sources:
+            timing = QueryTiming(chart, name, len(rows[name]), seconds[name][1:])
+            log(f"{chart} from {name}: {timing.median_ms:.1f} ms")
             out.append(timing)
     return out
+
+
+def days(start: datetime, end: datetime) -> int:
+    return (end - start).days
 
 
 def _sizes(conn: psycopg.Connection[Any]) -> dict[str, int]:

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from store.maintain import refresh_rollups
+from store.maintain import refresh_rollups, release_pooled
 from store.sql_roles import PLATFORM_ROLE, ensure_roles, role_for, scram_verifier
 from tests.grafana.city_day import grant
 from tests.store.store_helpers import NOW, city, readings, register, write
@@ -135,15 +135,25 @@ def test_personal_data_stays_out_of_raw_grants_and_pools_below_the_minimum_are_d
     assert count(lighting, "SELECT count(*) FROM readings_meter") == 0
     grant(store, "energy", "lighting", ["meter"], granularity="aggregate", interval_s=3600,
           pool="district")  # fmt: skip
+    assert release_pooled(store) > 0  # the upkeep releases sealed hourly pools
     # One energy meter in the district: below the pool minimum of 5.
-    assert count(lighting, "SELECT count(*) FROM district_agg_1h_meter") == 0
+    assert count(lighting, "SELECT count(*) FROM pooled_1h WHERE device_type = 'meter'") == 0
     store.execute("UPDATE store_settings SET value = '1' WHERE key = 'streams_min_pool'")
-    pooled = lighting.execute(
-        "SELECT district, service, devices, flow_count FROM district_agg_1h_meter"
-    ).fetchall()
+    cur = lighting.execute(
+        "SELECT district, service, devices, metric FROM pooled_1h WHERE device_type = 'meter'"
+    )
+    pooled = cur.fetchall()
     assert pooled
     assert {(d, s, n) for d, s, n, _ in pooled} == {("north", "energy", 1)}
+    # A pool shows no one's own reading: the governed view has no min, max or last.
+    columns = {c.name for c in cur.description or []}
+    assert not columns & {"min", "max", "last"}
+    all_columns = lighting.execute("SELECT * FROM pooled_1h LIMIT 0").description or []
+    assert {c.name for c in all_columns} == {
+        "bucket", "device_type", "service", "district", "metric", "sum", "avg", "count", "devices"
+    }
     assert count(lighting, "SELECT count(*) FROM agg_1h_meter") == 0  # no per-device rows
+    assert count(lighting, "SELECT count(*) FROM pooled_1h WHERE device_type = 'air_sensor'") == 0
 
 
 def test_roles_are_idempotent_and_a_disabled_principal_loses_its_login(

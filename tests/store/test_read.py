@@ -11,7 +11,8 @@ import pytest
 
 from store.errors import StoreError
 from store.maintain import maintain
-from store.read import Selection, align
+from store.query import widen
+from store.read import Selection
 from store.reader import AsyncStoreReader, StoreReader
 from tests.store.store_helpers import NOW, city, readings, register, write
 
@@ -65,12 +66,14 @@ def test_every_level_gives_the_same_buckets(reader: StoreReader, db_url: str) ->
     for b in pooled:
         same = [x for x in raw if (x.bucket, x.metric) == (b.bucket, b.metric)]
         assert b.count == sum(x.count for x in same)
-        assert b.max == max(x.max for x in same if x.max is not None)
+        assert b.sum == pytest.approx(sum(x.avg * x.count for x in same if x.avg is not None))
+        # A pool shows no one's own reading: no min, max or last.
+        assert (b.min, b.max, b.last) == (None, None, None)
 
 
 def test_buckets_widen_the_range_to_whole_steps() -> None:
     at = datetime(2026, 3, 4, 10, 17, 5, tzinfo=UTC)
-    assert align(at, at + timedelta(minutes=20), timedelta(minutes=15)) == (
+    assert widen(at, at + timedelta(minutes=20), timedelta(minutes=15)) == (
         datetime(2026, 3, 4, 10, 15, tzinfo=UTC),
         datetime(2026, 3, 4, 10, 45, tzinfo=UTC),
     )

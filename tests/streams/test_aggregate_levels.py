@@ -1,4 +1,8 @@
-"""Aggregate grants read the store's aggregate views when they fit: same rows as raw rows."""
+"""Aggregate grants read the store's aggregate views when they fit: same rows as raw rows.
+
+The level rule is one SQL function (`silobreak_agg_level`, migration 0050) that the query
+builder and the Grafana panels both call; pooled buckets come from the ledger of released
+buckets, which must hold what any level computes."""
 
 from __future__ import annotations
 
@@ -9,10 +13,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from store.aggregates import HOUR, MINUTE
+from store import query as store_query
 from store.maintain import refresh_rollups
 from streams import grants
-from streams.aggregate import AggregateKey, aggregates, key_of, level_for
+from streams.aggregate import AggregateKey, aggregates, key_of
 from streams.scope import narrow
 from tests.streams.conftest import Town
 
@@ -70,43 +74,47 @@ def pages(
     return asyncio.run(go())
 
 
-def test_levels_fit_whole_minutes_and_hours_of_interval_and_range() -> None:
+def test_levels_fit_whole_minutes_and_hours_of_interval_and_range(town: Town) -> None:
     h = timedelta(hours=1)
-    assert level_for(h, START, END) == HOUR
-    assert level_for(3 * h, START, END) == HOUR
-    assert level_for(timedelta(minutes=15), START, END) == MINUTE
-    # A range cut inside an hour (or a minute) reads the finer level (or raw rows).
-    assert level_for(h, START + timedelta(minutes=1), END) == MINUTE
-    assert level_for(h, START, END + timedelta(seconds=1)) is None
-    assert level_for(timedelta(seconds=90), START, END) is None
-    assert level_for(timedelta(seconds=30), START, END) is None
+    cases = [
+        (h, START, END, "1h"),
+        (3 * h, START, END, "1h"),
+        (timedelta(minutes=15), START, END, "1m"),
+        # A range cut inside an hour (or a minute) reads the finer level (or raw rows).
+        (h, START + timedelta(minutes=1), END, "1m"),
+        (h, START, END + timedelta(seconds=1), "raw"),
+        (timedelta(seconds=90), START, END, "raw"),
+        (timedelta(seconds=30), START, END, "raw"),
+        (timedelta(days=1), None, None, "1h"),  # Grafana: the range is widened to whole steps
+        (timedelta(milliseconds=60_500), None, None, "raw"),
+    ]
+    with psycopg.connect(town.db_url) as conn:
+        for step, start, end, level in cases:
+            row = conn.execute("SELECT silobreak_agg_level(%s, %s, %s)", (step, start, end))
+            assert row.fetchone() == (level,), (step, start, end)
 
 
 def test_aggregate_views_answer_exactly_as_raw_rows(town: Town) -> None:
     seed(town)
     cases = [
-        ("lighting", "streetlight", "device", "1m", 1),
-        ("lighting", "streetlight", "device", "1h", 1),
-        ("lighting", "streetlight", "district", "1h", 1),
-        ("energy", "meter", "district", "1m", 5),
-        ("energy", "meter", "district", "1h", 5),
-        ("energy", "meter", "district", "1h", 1),
-        ("energy", "meter", "district", "15m", 3),
+        ("lighting", "streetlight", "1m"),
+        ("lighting", "streetlight", "1h"),
+        ("lighting", "streetlight", "3h"),
+        ("lighting", "streetlight", "90s"),
     ]
     made = []
-    for owner, device_type, pool, interval, min_pool in cases:
+    for owner, device_type, interval in cases:
         g = town.grant(owner, consumer="planning", device_types=[device_type],
-                       granularity="aggregate", interval=interval, pool=pool)  # fmt: skip
-        made.append((g["id"], device_type, min_pool))
+                       granularity="aggregate", interval=interval, pool="device")  # fmt: skip
+        made.append((g["id"], device_type))
 
     def compare() -> None:
-        for grant_id, device_type, min_pool in made:
-            raw = pages(town.db_url, grant_id, device_type, raw=True, min_pool=min_pool,
-                        limit=10_000)  # fmt: skip
+        for grant_id, device_type in made:
+            raw = pages(town.db_url, grant_id, device_type, raw=True, min_pool=1, limit=10_000)
             assert raw, (grant_id, device_type)
             for limit in (10_000, 7):
-                viewed = pages(town.db_url, grant_id, device_type, raw=False,
-                               min_pool=min_pool, limit=limit)  # fmt: skip
+                viewed = pages(town.db_url, grant_id, device_type, raw=False, min_pool=1,
+                               limit=limit)  # fmt: skip
                 assert viewed == raw, (grant_id, device_type, limit)
 
     compare()  # nothing refreshed: the views aggregate raw rows at read time
@@ -118,3 +126,41 @@ def test_aggregate_views_answer_exactly_as_raw_rows(town: Town) -> None:
         ).fetchone()
         assert row is not None and row[0] > END  # the whole range now comes from the rollups
     compare()
+
+
+def test_released_pools_hold_what_every_level_computes(town: Town) -> None:
+    seed(town)
+    cases = [("energy", "meter", "1m", 5), ("energy", "meter", "1h", 5),
+             ("energy", "meter", "15m", 3), ("lighting", "streetlight", "1h", 1)]  # fmt: skip
+    with psycopg.connect(town.db_url, autocommit=True) as conn:
+        refresh_rollups(conn, settle=timedelta(0))
+    for owner, device_type, interval, min_pool in cases:
+        g = town.grant(owner, consumer="planning", device_types=[device_type],
+                       granularity="aggregate", interval=interval, pool="district")  # fmt: skip
+        released = pages(town.db_url, g["id"], device_type, raw=False, min_pool=min_pool,
+                         limit=10_000)  # fmt: skip
+        assert released, (device_type, interval)
+        assert all(set(r) == POOLED_KEYS for r in released)
+        width = timedelta(seconds=g["interval_s"])
+        for level in ("raw", "1m", "auto"):
+            if level == "1m" and width % timedelta(minutes=1):
+                continue
+            with psycopg.connect(town.db_url) as conn:
+                computed = conn.execute(
+                    *store_query.pooled_compute(device_type, width, START, END, level=level)
+                ).fetchall()
+            expected = [
+                (b, svc, d, m, total, n, devices)
+                for b, svc, d, m, total, n, devices in computed
+                if svc == owner and devices >= min_pool and n >= min_pool
+            ]
+            got = [
+                (r["bucket"], r["service"], r["district"] or "", r["metric"], r["sum"],
+                 r["count"], r["devices"])
+                for r in released
+            ]  # fmt: skip
+            assert sorted(got) == sorted(expected), (interval, level)  # values are exact quarters
+
+
+POOLED_KEYS = {"bucket", "device_id", "device_type", "service", "district", "metric", "sum",
+               "avg", "count", "devices"}  # fmt: skip
