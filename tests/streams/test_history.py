@@ -154,14 +154,19 @@ def test_personal_data_is_never_granted_raw_nor_pooled_below_the_minimum(town: T
 
 
 def test_an_aggregate_grant_never_yields_a_raw_reading_in_json_or_csv(town: Town) -> None:
-    seed(town)
+    # Pooled buckets are released once sealed: the readings lie in an hour long past.
+    hour = NOW.replace(minute=0, second=0) - timedelta(hours=2)
+    names = ["n0", "n1", "n2", "n3", "n4", "n5", "s0", "s1"]
+    town.write("meter", [(hour + timedelta(minutes=m), f"{town.prefix}m-{d}", 100.0 + m, float(i))
+                         for m in range(1, 6) for i, d in enumerate(names)])  # fmt: skip
     g = town.grant("energy", consumer="planning", device_types=["meter"], metrics=["flow"],
                    granularity="aggregate", interval="1h", pool="district")  # fmt: skip
+    window = {"start": hour.isoformat(), "end": (hour + timedelta(hours=1)).isoformat()}
     with town.http("planning") as h:
-        r = h.get("/v1/history", params={"start": START, "granularity": "raw"})
+        r = h.get("/v1/history", params={**window, "granularity": "raw"})
         assert (r.status_code, r.json()["reason"]) == (403, "aggregate_only")
-        body = h.get("/v1/history", params={"start": START}).json()
-        csv_text = h.get("/v1/history", params={"start": START, "format": "csv"}).text
+        body = h.get("/v1/history", params=window).json()
+        csv_text = h.get("/v1/history", params={**window, "format": "csv"}).text
     rows = body["readings"]
     assert rows, body
     assert all("value" not in r and r["device_id"] is None for r in rows)
@@ -173,6 +178,7 @@ def test_an_aggregate_grant_never_yields_a_raw_reading_in_json_or_csv(town: Town
     header = csv_text.splitlines()[0].split(",")
     assert "value" not in header
     assert "time" not in header
+    assert not {"min", "max", "last"} & set(header)  # a pool shows no one's own reading
     assert g["granularity"] == "aggregate"
 
 

@@ -254,12 +254,13 @@ def test_an_aggregate_subscription_never_yields_a_raw_reading_live_or_replayed(
             live_at = now()
             await asyncio.to_thread(town.write, "meter", [(live_at, m, 20.0, 2.0) for m in meters])
             return await read_until(
-                client, sub["id"], lambda got: any(r["min"] == 20.0 for r in got), seconds=20
+                client, sub["id"], lambda got: any(r["sum"] == 6 * 20.0 for r in got), seconds=20
             )
 
     got = asyncio.run(go())
     assert got
     assert all("value" not in r and r["device_id"] is None for r in got)
+    assert not any({"min", "max", "last"} & set(r) for r in got)  # no one's own reading
     assert {r["district"] for r in got} == {"north"}  # south pools 2 meters: below the minimum
     assert {(r["metric"], r["count"], r["devices"]) for r in got} == {("index", 6, 6),
                                                                       ("flow", 6, 6)}  # fmt: skip
