@@ -11,6 +11,7 @@ import psycopg
 from fastapi import APIRouter, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from streams import audit, grants, history
 from streams.aggregate import AggregateKey, aggregates, key_of
@@ -47,7 +48,54 @@ POOLED_COLUMNS: Final = (
 NEXT_HEADER: Final = "X-Next-After"
 
 
-@router.get("", responses={200: {"content": {"text/csv": {}}}})
+class RawReading(BaseModel):
+    time: datetime
+    device_id: str
+    device_type: str
+    service: str
+    district: str | None
+    metric: str
+    value: float
+
+
+class DeviceAggregate(BaseModel):
+    """One device's bucket of one metric (per-device aggregate grants)."""
+
+    bucket: datetime
+    device_id: str
+    device_type: str
+    service: str
+    district: str | None
+    metric: str
+    avg: float | None
+    min: float | None
+    max: float | None
+    count: int
+
+
+class PooledAggregate(BaseModel):
+    """One district's released bucket of one metric: no min, max or last, ever."""
+
+    bucket: datetime
+    device_id: None
+    device_type: str
+    service: str
+    district: str | None
+    metric: str
+    sum: float
+    avg: float
+    count: int
+    devices: int
+
+
+class HistoryPage(BaseModel):
+    grant_id: int
+    granularity: Literal["raw", "aggregate"]
+    readings: list[RawReading] | list[DeviceAggregate] | list[PooledAggregate]
+    next_after: str | None
+
+
+@router.get("", responses={200: {"model": HistoryPage, "content": {"text/csv": {}}}})
 async def read_history(
     request: Request,
     caller: CallerDep,
