@@ -150,7 +150,15 @@ def test_personal_data_stays_out_of_raw_grants_and_pools_below_the_minimum_are_d
     assert not columns & {"min", "max", "last"}
     all_columns = lighting.execute("SELECT * FROM pooled_1h LIMIT 0").description or []
     assert {c.name for c in all_columns} == {
-        "bucket", "device_type", "service", "district", "metric", "sum", "avg", "count", "devices"
+        "bucket",
+        "device_type",
+        "service",
+        "district",
+        "metric",
+        "sum",
+        "avg",
+        "count",
+        "devices",
     }
     assert count(lighting, "SELECT count(*) FROM agg_1h_meter") == 0  # no per-device rows
     assert count(lighting, "SELECT count(*) FROM pooled_1h WHERE device_type = 'air_sensor'") == 0

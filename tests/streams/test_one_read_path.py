@@ -118,9 +118,9 @@ def test_history_live_aggregates_and_the_store_reader_agree_on_an_aggregate_scop
             Selection("streetlight", ("power_w",), service="lighting"),
             START, END, timedelta(minutes=30),
         )  # fmt: skip
-    assert [
-        (b.bucket, b.device_id, "power_w", b.avg, b.min, b.max, b.count) for b in buckets
-    ] == [bucket_key(r) for r in from_history]
+    assert [(b.bucket, b.device_id, "power_w", b.avg, b.min, b.max, b.count) for b in buckets] == [
+        bucket_key(r) for r in from_history
+    ]
 
     async def live_aggregates() -> list[dict[str, Any]]:
         async with StreamsClient(town.base, town.tokens["planning"]) as client:
@@ -129,9 +129,7 @@ def test_history_live_aggregates_and_the_store_reader_agree_on_an_aggregate_scop
             )
             async with asyncio.timeout(60):
                 async for event in client.events(sub["id"]):
-                    return [
-                        r for r in event.readings if datetime.fromisoformat(r["bucket"]) < END
-                    ]
+                    return [r for r in event.readings if datetime.fromisoformat(r["bucket"]) < END]
         return []
 
     live = asyncio.run(live_aggregates())

@@ -57,7 +57,9 @@ def pooled(town: Town) -> dict[str, Any]:
                       granularity="aggregate", interval="1h", pool="district")  # fmt: skip
 
 
-def test_pooled_rows_carry_sum_avg_count_and_devices_only(town: Town, pooled: dict[str, Any]):
+def test_pooled_rows_carry_sum_avg_count_and_devices_only(
+    town: Town, pooled: dict[str, Any]
+) -> None:
     rows = history(town, pooled["id"], start=START.isoformat(), end=END.isoformat())
     assert rows
     assert all(set(r) == POOLED_KEYS for r in rows)
@@ -71,7 +73,7 @@ def test_pooled_rows_carry_sum_avg_count_and_devices_only(town: Town, pooled: di
     assert {"sum", "avg", "count", "devices"} <= set(header)
 
 
-def test_the_pool_minimum_counts_per_metric_and_bucket(town: Town, pooled: dict[str, Any]):
+def test_the_pool_minimum_counts_per_metric_and_bucket(town: Town, pooled: dict[str, Any]) -> None:
     rows = history(town, pooled["id"], start=START.isoformat(), end=END.isoformat())
     first_hour = {r["metric"] for r in rows if r["bucket"] == START.isoformat()}
     # Two meters sent flow in the first hour: its flow row would be nearly theirs alone.
@@ -80,7 +82,7 @@ def test_the_pool_minimum_counts_per_metric_and_bucket(town: Town, pooled: dict[
     assert later == {"index", "flow"}
 
 
-def test_a_range_cut_by_a_microsecond_changes_nothing(town: Town, pooled: dict[str, Any]):
+def test_a_range_cut_by_a_microsecond_changes_nothing(town: Town, pooled: dict[str, Any]) -> None:
     whole = history(town, pooled["id"], start=START.isoformat(), end=END.isoformat())
     for start, end in [
         (START, END - timedelta(microseconds=1)),
@@ -95,7 +97,7 @@ def test_a_range_cut_by_a_microsecond_changes_nothing(town: Town, pooled: dict[s
         assert cut == [r for r in whole if r["bucket"] in kept]
 
 
-def test_the_district_set_selects_whole_pools(town: Town, pooled: dict[str, Any]):
+def test_the_district_set_selects_whole_pools(town: Town, pooled: dict[str, Any]) -> None:
     north = history(town, pooled["id"], start=START.isoformat(), end=END.isoformat(),
                     district=["north"])  # fmt: skip
     both = history(town, pooled["id"], start=START.isoformat(), end=END.isoformat(),
@@ -123,7 +125,7 @@ def test_a_bounding_box_never_cuts_a_pool(town: Town) -> None:
     assert rows and {r["devices"] for r in rows if r["metric"] == "index"} == {6}
 
 
-def test_a_released_bucket_never_changes(town: Town, pooled: dict[str, Any]):
+def test_a_released_bucket_never_changes(town: Town, pooled: dict[str, Any]) -> None:
     before = history(town, pooled["id"], start=START.isoformat(), end=END.isoformat())
     p = town.prefix
     # A device leaves the pool, another joins it, and a late reading arrives in a released
