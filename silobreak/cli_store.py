@@ -247,7 +247,10 @@ def query(ctx: click.Context, /, what: str, **opts: Any) -> None:
             found = reader.buckets(sel, start, end, opts["step"], pool=opts["pool"],
                                    level=opts["level"])  # fmt: skip
             header = ["bucket", "device_id", "district", "metric", "avg", "min", "max", "count",
-                      "last", "devices"]  # fmt: skip
+                      "last"]  # fmt: skip
+            if opts["pool"] == "district":  # a pool shows no one's own reading
+                header = ["bucket", "service", "district", "metric", "sum", "avg", "count",
+                          "devices"]  # fmt: skip
             rows = [[getattr(b, h) for h in header] for b in found]
         else:
             points = reader.series(sel, start, end, max_points=opts["points"],

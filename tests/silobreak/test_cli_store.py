@@ -85,7 +85,14 @@ def test_backfill_a_csv_validates_like_ingest_and_loads_once(
         ok(cli(tmp_path, db_url, "query", "buckets", "--type", "air_sensor", "--metric", "pm25",
                "--since", "21d", "--step", "1d", "--format", "json")).splitlines()[0]
     )  # fmt: skip
-    assert stats["count"] == 30 and stats["devices"] == 1  # five hours, one day bucket
+    assert stats["count"] == 30 and stats["device_id"] == f"{device_prefix}air-1"  # 5 hours, 1 day
+    pooled = json.loads(
+        ok(cli(tmp_path, db_url, "query", "buckets", "--type", "air_sensor", "--metric", "pm25",
+               "--since", "21d", "--step", "1d", "--pool", "district", "--format", "json"))
+        .splitlines()[0]
+    )  # fmt: skip
+    assert (pooled["count"], pooled["devices"]) == (30, 1)
+    assert not {"min", "max", "last"} & set(pooled)  # a pool shows no one's own reading
 
 
 def test_backfill_a_simulated_month_then_query_it(tmp_path: Path, db_url: str) -> None:
