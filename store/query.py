@@ -382,16 +382,31 @@ def release_statements(
 
 
 def pooled_compute(
-    device_type: str, width: timedelta, start: datetime, end: datetime, *, level: LevelName
+    device_type: str,
+    width: timedelta,
+    start: datetime,
+    end: datetime,
+    *,
+    level: LevelName,
+    districts: Sequence[str] | None = None,
 ) -> Query:
     """What release() would store for [start, end), computed now from `level` and not kept:
-    bucket, service, district, metric, sum, count, devices (benchmarks and checks)."""
-    select, params = _pooled_select(device_type, width, start, end, level=level)
+    bucket, service, district, metric, sum, count, devices (benchmarks and checks); only
+    the pools of `districts` when given."""
+    select, params = _pooled_select(
+        device_type, width, start, end, level=level, districts=districts
+    )
     return sql.SQL("{} ORDER BY 1, 3, 4, 2").format(select), params
 
 
 def _pooled_select(
-    device_type: str, width: timedelta, start: datetime, end: datetime, *, level: LevelName
+    device_type: str,
+    width: timedelta,
+    start: datetime,
+    end: datetime,
+    *,
+    level: LevelName,
+    districts: Sequence[str] | None = None,
 ) -> Query:
     metrics = READINGS_TABLES[device_type].metric_columns
     scope = Scope(device_type)
@@ -402,8 +417,18 @@ def _pooled_select(
         if level == "auto"
         else p.add(level)
     )
-    branches = [_level_branch(scope, name, chooser, p) for name in ("1h", "1m")]
-    branches.append(_raw_branch(scope, chooser, p))
+    extra = pool_filter = None
+    if districts is not None:
+        # Devices that ever stood in the pools first (an array: the indexes stay usable);
+        # the join below then keeps the buckets each spent there.
+        wanted = p.add([d or "" for d in districts])
+        extra = sql.SQL(
+            "r.device_id = ANY(ARRAY(SELECT device_id FROM device_districts"
+            " WHERE coalesce(district, '') = ANY({})))"
+        ).format(wanted)
+        pool_filter = sql.SQL(" AND coalesce(h.district, '') = ANY({})").format(wanted)
+    branches = [_level_branch(scope, name, chooser, p, extra) for name in ("1h", "1m")]
+    branches.append(_raw_branch(scope, chooser, p, extra))
     values = sql.SQL(", ").join(
         sql.SQL("({}, s.{}, s.{})").format(
             sql.Literal(m), sql.Identifier(f"{m}_sum"), sql.Identifier(f"{m}_count")
@@ -418,10 +443,14 @@ def _pooled_select(
         " FROM (SELECT s.b, s.device_id, s.service, coalesce(h.district, '') AS district,"
         "   m.metric, m.v, m.c"
         "   FROM (SELECT date_bin(%(step)s, s.t, %(origin)s) AS b, s.* FROM ({branches}) s) s"
-        "   JOIN device_districts h ON h.device_id = s.device_id AND h.valid @> s.b"
+        "   JOIN device_districts h ON h.device_id = s.device_id AND h.valid @> s.b{pools}"
         "   CROSS JOIN LATERAL (VALUES {values}) AS m(metric, v, c) WHERE m.c > 0) x"
         " GROUP BY b, service, district, metric"
-    ).format(branches=sql.SQL(" UNION ALL ").join(branches), values=values)
+    ).format(
+        branches=sql.SQL(" UNION ALL ").join(branches),
+        values=values,
+        pools=pool_filter or sql.SQL(""),
+    )
     return select, p.values
 
 
@@ -491,7 +520,13 @@ def _check_step(scope: Scope, step: timedelta) -> None:
         raise StoreError(f"buckets of this scope are whole {scope.interval}, not {step}")
 
 
-def _level_branch(scope: Scope, name: str, chooser: sql.Composable, p: _Params) -> sql.Composable:
+def _level_branch(
+    scope: Scope,
+    name: str,
+    chooser: sql.Composable,
+    p: _Params,
+    extra: sql.Composable | None = None,
+) -> sql.Composable:
     stats = [
         sql.SQL("r.{}").format(sql.Identifier(f"{m}_{s}"))
         for m in scope.chosen_metrics
@@ -500,6 +535,8 @@ def _level_branch(scope: Scope, name: str, chooser: sql.Composable, p: _Params) 
     conds: list[sql.Composable] = [sql.SQL("{} = {}").format(chooser, sql.Literal(name))]
     conds += _conds(scope, "r.bucket", None, None, p, metrics=False)
     conds.append(sql.SQL("r.bucket >= %(start)s AND r.bucket < %(end)s"))
+    if extra is not None:
+        conds.append(extra)
     return sql.SQL(
         "SELECT r.bucket AS t, r.device_id, r.service, {stats} FROM {view} r WHERE {conds}"
     ).format(
@@ -509,7 +546,9 @@ def _level_branch(scope: Scope, name: str, chooser: sql.Composable, p: _Params) 
     )
 
 
-def _raw_branch(scope: Scope, chooser: sql.Composable, p: _Params) -> sql.Composable:
+def _raw_branch(
+    scope: Scope, chooser: sql.Composable, p: _Params, extra: sql.Composable | None = None
+) -> sql.Composable:
     cols = []
     for m in scope.chosen_metrics:
         v = sql.SQL("r.{}::float8").format(sql.Identifier(m))
@@ -517,6 +556,8 @@ def _raw_branch(scope: Scope, chooser: sql.Composable, p: _Params) -> sql.Compos
     conds: list[sql.Composable] = [sql.SQL("{} = 'raw'").format(chooser)]
     conds += _conds(scope, "r.time", None, None, p, metrics=False)
     conds.append(sql.SQL("r.time >= %(start)s AND r.time < %(end)s"))
+    if extra is not None:
+        conds.append(extra)
     return sql.SQL(
         "SELECT r.time AS t, r.device_id, r.service, {cols} FROM {table} r WHERE {conds}"
     ).format(

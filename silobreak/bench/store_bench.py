@@ -168,9 +168,11 @@ def _time_charts(
     pooled = pool.scope(pool="district", step=STEP)
 
     def computed(level: LevelName) -> Callable[[], list[tuple[Any, ...]]]:
-        # What releasing the pools computes, from one level: the pooled read before the
-        # ledger of released buckets existed (per-device aggregates summed per district).
-        query, params = pooled_compute(DEVICE_TYPE, STEP, start, end, level=level)
+        # The district's pools computed at read time from one level: the pooled read before
+        # the ledger of released buckets (per-device rows summed per district).
+        query, params = pooled_compute(
+            DEVICE_TYPE, STEP, start, end, level=level, districts=[district or ""]
+        )
 
         def read() -> list[tuple[Any, ...]]:
             rows = conn.execute(query, params).fetchall()

@@ -160,6 +160,13 @@ def test_released_pools_hold_what_every_level_computes(town: Town) -> None:
                 for r in released
             ]  # fmt: skip
             assert sorted(got) == sorted(expected), (interval, level)  # values are exact quarters
+            with psycopg.connect(town.db_url) as conn:
+                north = conn.execute(
+                    *store_query.pooled_compute(
+                        device_type, width, START, END, level=level, districts=["north"]
+                    )
+                ).fetchall()
+            assert north == [r for r in computed if r[2] == "north"], (interval, level)
 
 
 POOLED_KEYS = {"bucket", "device_id", "device_type", "service", "district", "metric", "sum",
