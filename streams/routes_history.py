@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 
-from streams import audit, grants, history
+from streams import audit, csvsafe, grants, history
 from streams.aggregate import AggregateKey, aggregates, key_of
 from streams.auth import Caller, CallerDep, forbidden
 from streams.cursor import from_micros, micros
@@ -170,14 +170,6 @@ def _csv(grant: Grant, readings: list[dict[str, Any]], next_after: str | None) -
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(columns)
     for r in readings:
-        writer.writerow([_cell(r.get(c)) for c in columns])
+        writer.writerow([csvsafe.cell(r.get(c)) for c in columns])
     headers = {NEXT_HEADER: next_after} if next_after else {}
     return Response(text.getvalue(), media_type="text/csv", headers=headers)
-
-
-def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value

@@ -13,7 +13,7 @@ import psycopg
 
 from devices.broker_auth import DELIVERIES
 from devices.catalog import DEVICE_TYPES
-from streams import audit, cursor, grants, webhooks
+from streams import audit, cursor, grants, urls
 from streams.auth import Caller, forbidden
 from streams.errors import ApiError
 from streams.scope import AGGREGATE, Grant, Scope, narrow
@@ -92,15 +92,9 @@ async def create(
     _check_metrics(grant, spec)
     scopes(grant, spec)
     secret = None
+    url = spec.webhook_url
     if spec.delivery == "webhook":
-        if not spec.webhook_url:
-            raise ApiError(422, "webhook_url_required", "a webhook subscription needs webhook_url")
-        if not webhooks.allowed(spec.webhook_url, webhook_allow):
-            raise forbidden(
-                "webhook_not_allowed",
-                f"{spec.webhook_url} is not under an allowed webhook prefix "
-                "(SILOBREAK_STREAMS_WEBHOOK_ALLOW)",
-            )
+        url = _webhook_target(spec.webhook_url, webhook_allow)
         secret = secrets.token_urlsafe(32)
     elif spec.webhook_url:
         raise ApiError(422, "webhook_url_unexpected", f"{spec.delivery} takes no webhook_url")
@@ -112,11 +106,11 @@ async def create(
             (
                 sub_id, caller.principal, grant.id, list(spec.device_types),
                 list(spec.metrics), list(spec.districts) or None, spec.delivery,
-                spec.webhook_url, secret, cursor.encode(start),
+                url, secret, cursor.encode(start),
             ),
         )  # fmt: skip
         sub = _subscription(await cur.fetchone())
-        detail = {"delivery": spec.delivery, "since": spec.since, "url": spec.webhook_url}
+        detail = {"delivery": spec.delivery, "since": spec.since, "url": url}
         await audit.record(
             conn,
             audit.Event(
@@ -208,6 +202,24 @@ async def _start(
     if since is None:
         return cursor.Live(row[0])
     return cursor.Replay(row[0], since, 0, None, "")
+
+
+def _webhook_target(url: str | None, allow: Sequence[str]) -> str:
+    """The URL deliveries go to, in normal form (streams.urls), once it is under the allow-list;
+    a 403 that says why for any other."""
+    if not url:
+        raise ApiError(422, "webhook_url_required", "a webhook subscription needs webhook_url")
+    try:
+        target = urls.normalise(url)
+    except urls.UrlRefused as exc:
+        raise forbidden("webhook_not_allowed", f"{url[:200]!r}: {exc}") from None
+    if not urls.matching(target, allow):
+        raise forbidden(
+            "webhook_not_allowed",
+            f"{target.url} is not under an allowed webhook prefix "
+            "(SILOBREAK_STREAMS_WEBHOOK_ALLOW)",
+        )
+    return target.url
 
 
 def _check_metrics(grant: Grant, spec: SubscriptionSpec) -> None:
