@@ -73,23 +73,39 @@ async def raw_page(
 
 
 async def committed_after(
-    conn: psycopg.AsyncConnection[Any], scope: Scope, *, prev: str, upto: str | None
+    conn: psycopg.AsyncConnection[Any],
+    scope: Scope,
+    *,
+    prev: str,
+    upto: str | None,
+    after: RowKey | None = None,
+    limit: int | None = None,
 ) -> list[WideRow]:
-    """Rows of `scope` committed after snapshot `prev` (and before `upto`, when given)."""
+    """Rows of `scope` committed after snapshot `prev` (and before `upto`, when given), in
+    (time, device_id) order; with `limit`, a page of them after `after` (paging needs `upto`:
+    with both snapshots fixed the set of rows is too)."""
     where, params = scope.where()
     conds = [where, sql.SQL(cursor.AFTER)]
     params["prev"] = prev
     if upto is not None:
         conds.append(sql.SQL(cursor.UPTO))
         params["upto"] = upto
+    if after is not None:
+        conds.append(sql.SQL("(r.time, r.device_id) > (%(a_time)s, %(a_dev)s)"))
+        params.update(a_time=after.time, a_dev=after.device_id)
+    page = sql.SQL("")
+    if limit is not None:
+        page = sql.SQL(" LIMIT %(limit)s")
+        params["limit"] = limit
     query = sql.SQL(
         "SELECT r.time, r.device_id, r.service, d.district, {metrics}"
         " FROM {table} r JOIN devices d USING (device_id)"
-        " WHERE {conds} ORDER BY r.time, r.device_id"
+        " WHERE {conds} ORDER BY r.time, r.device_id{page}"
     ).format(
         metrics=metric_columns(scope.metrics),
         table=sql.Identifier(scope.table),
         conds=sql.SQL(" AND ").join(conds),
+        page=page,
     )
     cur = await conn.execute(query, params)
     return await cur.fetchall()

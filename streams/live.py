@@ -25,7 +25,7 @@ from psycopg import sql
 from store.writer import READINGS_CHANNEL
 from streams import cursor, history
 from streams.aggregate import AggregateKey, aggregates, key_of
-from streams.cursor import Live, Replay, Watermark
+from streams.cursor import Catchup, Live, Replay, Watermark
 from streams.scope import Grant, Scope
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 FEED_QUEUE: Final = 100
 # Rows per replay page: a page is one query and one delivered batch.
 REPLAY_PAGE: Final = 5000
+# Buckets per live aggregate batch while a watermark catches up: a day of hourly buckets, so
+# a batch holds at most 24 buckets of the grant's devices or pools, whatever `since` was.
+AGGREGATE_WINDOW: Final = 24
 # How long a hub failure (the store down) waits before the next try.
 RETRY_S: Final = 1.0
 # The least time between two ticks: commits closer together than this share a tick.
@@ -137,25 +140,63 @@ class Feed:
         self.cursor = Live(start.snapshot)
 
     async def _catch_up(self) -> AsyncIterator[Batch]:
-        """Read alone up to the hub's position, then hand the last stretch to the hub."""
-        assert isinstance(self.cursor, Live)
+        """Read alone up to the hub's position, page by page, then hand the last stretch to
+        the hub. A pass that needed full pages took a while: another pass follows, to a newer
+        position, so the hub is handed only what committed during a short one."""
         self._check()
-        target = await self.hub.position()
-        readings: list[dict[str, Any]] = []
-        async with self.hub.connection() as conn:
-            for scope in self.scopes:
-                rows = await history.committed_after(
-                    conn, scope, prev=self.cursor.snapshot, upto=target
-                )
-                readings += history.explode(scope, rows)
-        self._check()
-        self.cursor = Live(target)
+        if isinstance(self.cursor, Catchup):
+            at = self.cursor
+            after = history.RowKey(at.time, at.device_id)
+            async for batch in self._catch_up_pass(at.prev, at.upto, at.table, after):
+                if batch.readings:
+                    yield Batch(batch.readings, batch.cursor, "live")
+        while True:
+            assert isinstance(self.cursor, Live)
+            target = await self.hub.position()
+            held: list[dict[str, Any]] = []
+            paged = False
+            async for batch in self._catch_up_pass(self.cursor.snapshot, target, 0, None):
+                if batch.phase == "held":
+                    held = batch.readings
+                    continue
+                paged = True
+                yield batch
+            if not paged:
+                break
+            if held:
+                yield Batch(held, cursor.encode(self.cursor), "live")
         # From `target` on, the hub reads for us within its own tick: nothing can slip
         # between the end of this catch-up and the first shared batch.
         self.attached = True
         self.hub.join(self, target)
-        if readings:
-            yield Batch(readings, cursor.encode(self.cursor), "live")
+        if held:
+            yield Batch(held, cursor.encode(self.cursor), "live")
+
+    async def _catch_up_pass(
+        self, prev: str, upto: str, table: int, after: history.RowKey | None
+    ) -> AsyncIterator[Batch]:
+        """Full pages as they are read (each one query of at most REPLAY_PAGE rows, with a
+        Catchup cursor), then what is left over as one `held` batch; the cursor ends at
+        Live(upto)."""
+        held: list[dict[str, Any]] = []
+        for index in range(table, len(self.scopes)):
+            scope = self.scopes[index]
+            while True:
+                async with self.hub.connection() as conn:
+                    rows = await history.committed_after(
+                        conn, scope, prev=prev, upto=upto, after=after, limit=REPLAY_PAGE
+                    )
+                self._check()
+                held += history.explode(scope, rows)
+                if len(rows) < REPLAY_PAGE:
+                    break
+                after = history.RowKey(rows[-1][0], rows[-1][1])
+                self.cursor = Catchup(prev, upto, index, after.time, after.device_id)
+                yield Batch(held, cursor.encode(self.cursor), "live")
+                held = []
+            after = None
+        self.cursor = Live(upto)
+        yield Batch(held, cursor.encode(self.cursor), "held")
 
     async def _live(self) -> AsyncIterator[Batch]:
         while self.attached or not self._queue.empty():
@@ -197,11 +238,16 @@ class Feed:
         while True:
             self._check()
             due = _floor_to(_now() - self.hub.aggregate_grace, step)
-            if due > mark:
-                rows = [row async for page in self._aggregate_pages(mark, due) for row in page]
-                mark = due
+            # A watermark far behind (a `since` long ago) is caught up a window at a time:
+            # one batch never holds more than AGGREGATE_WINDOW buckets.
+            upto = min(due, mark + step * AGGREGATE_WINDOW)
+            if upto > mark:
+                rows = [row async for page in self._aggregate_pages(mark, upto) for row in page]
+                mark = upto
                 self.cursor = Watermark(mark)
                 yield Batch(rows, cursor.encode(self.cursor), "aggregate")
+                if upto < due:
+                    continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.hub.poll_interval):

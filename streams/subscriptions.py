@@ -27,8 +27,8 @@ _COLUMNS: Final = (
 _SELECT: Final = "SELECT " + _COLUMNS + " FROM subscriptions"  # noqa: S608 - constant columns
 _INSERT: Final = (
     "INSERT INTO subscriptions (id, consumer, grant_id, device_types, metrics,"  # noqa: S608
-    " districts, delivery, webhook_url, secret, cursor)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING " + _COLUMNS
+    " districts, delivery, webhook_url, secret, cursor, start_cursor)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING " + _COLUMNS
 )
 DELIVERIES_KINDS: Final = ("sse", "webhook", "mqtt")
 
@@ -106,7 +106,7 @@ async def create(
             (
                 sub_id, caller.principal, grant.id, list(spec.device_types),
                 list(spec.metrics), list(spec.districts) or None, spec.delivery,
-                url, secret, cursor.encode(start),
+                url, secret, cursor.encode(start), cursor.encode(start),
             ),
         )  # fmt: skip
         sub = _subscription(await cur.fetchone())
@@ -161,12 +161,34 @@ async def acknowledge(
     conn: psycopg.AsyncConnection[Any], caller: Caller, sub_id: str, position: str
 ) -> Subscription:
     """Store the consumer's last processed position: a reconnect resumes after it."""
-    cursor.decode(position)
     sub = await get(conn, caller, sub_id)
+    await check_position(conn, sub, position)
     await conn.execute(
         "UPDATE subscriptions SET cursor = %s, updated_at = now() WHERE id = %s", (position, sub.id)
     )
     return sub
+
+
+async def check_position(
+    conn: psycopg.AsyncConnection[Any], sub: Subscription, position: str
+) -> cursor.Cursor:
+    """`position` as a cursor of `sub`, or a 422: a cursor of another kind, from before the
+    subscription started (a forged `L1:1:`, `A0`), of another replay, or from the future."""
+    found = cursor.decode(position)
+    cur = await conn.execute(
+        "SELECT s.start_cursor, pg_current_snapshot()::text FROM subscriptions s WHERE s.id = %s",
+        (sub.id,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise ApiError(404, "unknown_subscription", f"no subscription {sub.id!r}")
+    problem = cursor.belongs(found, cursor.decode(row[0]), row[1])
+    if problem is not None:
+        raise ApiError(
+            422, "cursor_not_of_subscription", f"{position[:80]!r} is not a position of {sub.id}: "
+            f"{problem}",
+        )  # fmt: skip
+    return found
 
 
 async def stop(conn: psycopg.AsyncConnection[Any], sub_id: str, note: str) -> bool:
