@@ -40,6 +40,10 @@ REPLAY_PAGE: Final = 5000
 AGGREGATE_WINDOW: Final = 24
 # How long a hub failure (the store down) waits before the next try.
 RETRY_S: Final = 1.0
+# Transaction ids named by notifications kept between two checks; more are not needed (one
+# genuine id is enough to tick), and a flood of forged ones cannot grow memory.
+MAX_HINTS: Final = 1000
+_XID_DIGITS: Final = 20
 # The least time between two ticks: commits closer together than this share a tick.
 MIN_TICK_S: Final = 0.05
 
@@ -307,6 +311,9 @@ class Hub:
         self._on_tick: list[asyncio.Event] = []
         self.listening = False  # hearing the writers' commits
         self.notifications = 0
+        self.hints_ignored = 0  # notifications that named no new readings (or nothing)
+        self._hints: set[int] = set()
+        self._hinted = asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -369,14 +376,13 @@ class Hub:
                             application_name="silobreak-streams-hub",
                         )  # fmt: skip
                     await self._tick(conn)
+                    await self._idle(stop, conn)
                 except psycopg.OperationalError as exc:
                     logger.warning("streams hub: store unavailable: %s", str(exc).strip())
                     if conn is not None:
                         await conn.close()
                     conn = None
                     await _sleep_or(stop, RETRY_S)
-                    continue
-                await self._idle(stop)
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -385,7 +391,10 @@ class Hub:
                 await conn.close()
 
     async def _listen(self, stop: asyncio.Event) -> None:
-        """Poke the hub at each commit of readings; reconnect when the store goes away."""
+        """Take each commit's notification as a hint; reconnect when the store goes away.
+
+        Any database login can NOTIFY this channel (PostgreSQL has no privilege on it), so a
+        notification is only a transaction id to look at (`_genuine`), never a tick."""
         while not stop.is_set():
             try:
                 async with await psycopg.AsyncConnection.connect(
@@ -394,29 +403,64 @@ class Hub:
                     await conn.execute(f"LISTEN {READINGS_CHANNEL}".encode())
                     self.listening = True
                     self._poke.set()  # commits while nobody listened: look now
-                    async for _ in conn.notifies():
+                    async for note in conn.notifies():
                         self.notifications += 1
-                        self._poke.set()
+                        self._hint(note.payload)
             except psycopg.Error as exc:
                 logger.info("streams hub: not listening for commits: %s", str(exc).strip())
             finally:
                 self.listening = False
             await _sleep_or(stop, RETRY_S)
 
-    async def _idle(self, stop: asyncio.Event) -> None:
-        if self._poke.is_set():
-            self._poke.clear()
+    def _hint(self, payload: str) -> None:
+        if not payload.isdigit() or len(payload) > _XID_DIGITS:
+            self.hints_ignored += 1
             return
-        waiter = asyncio.ensure_future(self._poke.wait())
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait(
-                [waiter, stopper], timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            waiter.cancel()
-            stopper.cancel()
+        if len(self._hints) < MAX_HINTS:
+            self._hints.add(int(payload))
+        self._hinted.set()
+
+    async def _idle(self, stop: asyncio.Event, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Wait for a poke, a genuine commit, `stop`, or the poll interval."""
+        deadline = time.monotonic() + self.poll_interval
+        while not (self._poke.is_set() or stop.is_set()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            waits = [asyncio.ensure_future(e.wait()) for e in (self._poke, self._hinted, stop)]
+            try:
+                await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if self._hinted.is_set() and not self._poke.is_set():
+                self._hinted.clear()
+                hints, self._hints = self._hints, set()
+                if await self._genuine(conn, hints):
+                    break
+                self.hints_ignored += len(hints)
+                # One check per MIN_TICK_S however many notifications arrive.
+                await _sleep_or(stop, MIN_TICK_S)
         self._poke.clear()
+
+    async def _genuine(self, conn: psycopg.AsyncConnection[Any], hints: set[int]) -> bool:
+        """Whether one of the transactions `hints` names stored readings this hub has not
+        seen: one probe of each table's `batch` index."""
+        if self.current is None or not hints:
+            return self.current is None
+        from store.schema import READINGS_TABLES  # noqa: PLC0415
+
+        probes = sql.SQL(" OR ").join(
+            sql.SQL(
+                "EXISTS (SELECT 1 FROM {} r WHERE r.batch = ANY(%(ids)s::bigint[]) AND {})"
+            ).format(sql.Identifier(t.name), sql.SQL(cursor.AFTER))
+            for t in READINGS_TABLES.values()
+        )
+        cur = await conn.execute(
+            sql.SQL("SELECT {}").format(probes), {"ids": sorted(hints), "prev": self.current}
+        )
+        row = await cur.fetchone()
+        return bool(row and row[0])
 
     async def _tick(self, conn: psycopg.AsyncConnection[Any]) -> None:
         prev = self.current
