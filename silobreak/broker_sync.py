@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 PASSWORD_FILE: Final = "passwd"  # noqa: S105 - a file name
 ACL_FILE: Final = "acl"
 PID_FILE: Final = "mosquitto.pid"
+# The broker's listener groups, each with password and ACL files of its own (broker_config).
+LISTENERS: Final = ("platform", "clients", "devices")
 # Any constant works; it only has to be the same for every process that syncs this broker, so
 # that two syncs cannot interleave and leave an older registry state in the files.
 _LOCK_KEY: Final = 0x51_10_B2_EB
@@ -59,6 +61,16 @@ class BrokerFiles:
     @property
     def pid_file(self) -> Path:
         return self.directory / PID_FILE
+
+    def listener(self, name: str) -> tuple[Path, Path]:
+        """The password and ACL files of one listener: `platform` (the plain listener of the
+        platform's components: `passwd`, `acl`), `clients` or `devices` (`passwd.devices`, ...)."""
+        if name == "platform":
+            return self.password_file, self.acl_file
+        return self.directory / f"{PASSWORD_FILE}.{name}", self.directory / f"{ACL_FILE}.{name}"
+
+    def all_files(self) -> list[Path]:
+        return [path for name in LISTENERS for path in self.listener(name)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,18 +123,26 @@ def versions(conn: psycopg.Connection[Any]) -> tuple[int, int]:
 
 def _unchanged(auth: BrokerAuth, files: BrokerFiles) -> bool:
     try:
-        return (
-            files.acl_file.read_text(encoding="utf-8") == auth.acl_file()
-            and files.password_file.read_text(encoding="utf-8") == auth.password_file()
+        return all(
+            path.read_text(encoding="utf-8") == text for path, text in _rendered(auth, files)
         )
     except OSError:
         return False
 
 
+def _rendered(auth: BrokerAuth, files: BrokerFiles) -> list[tuple[Path, str]]:
+    """(path, text) of every file, each listener's ACL before its password file."""
+    out = []
+    for name, (passwords, acl) in auth.listener_files().items():
+        password_path, acl_path = files.listener(name)
+        out += [(acl_path, acl), (password_path, passwords)]
+    return out
+
+
 def write_auth_files(auth: BrokerAuth, files: BrokerFiles) -> None:
     # The ACL first: a user in the new password file must never meet the old ACL file.
-    write_private(files.acl_file, auth.acl_file())
-    write_private(files.password_file, auth.password_file())
+    for path, text in _rendered(auth, files):
+        write_private(path, text)
 
 
 def write_private(path: Path, text: str) -> None:
