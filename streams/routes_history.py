@@ -167,7 +167,8 @@ def _agg_key(text: str | None) -> AggregateKey | None:
 def _csv(grant: Grant, readings: list[dict[str, Any]], next_after: str | None) -> Response:
     columns = RAW_COLUMNS if grant.granularity == RAW else AGG_COLUMNS
     text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
+    # RFC 4180 line ends: a text cell holding a CR is then quoted, as one holding a LF is.
+    writer = csv.writer(text, lineterminator="\r\n")
     writer.writerow(columns)
     for r in readings:
         writer.writerow([csvsafe.cell(r.get(c)) for c in columns])
