@@ -348,7 +348,8 @@ class Hub:
         return self.current
 
     async def next_tick(self) -> None:
-        """Wait until the hub has finished one more tick (revocations are applied by then)."""
+        """Wait until a tick that began after this call has finished (revocations are applied
+        by then)."""
         done = asyncio.Event()
         self._on_tick.append(done)
         self._poke.set()
@@ -375,6 +376,11 @@ class Hub:
                             self.conninfo, autocommit=True,
                             application_name="silobreak-streams-hub",
                         )  # fmt: skip
+                    # What was asked for until now (pokes, commits heard) this tick serves;
+                    # what comes during it asks for the next one.
+                    self._poke.clear()
+                    self._hinted.clear()
+                    self._hints = set()
                     await self._tick(conn)
                     await self._idle(stop, conn)
                 except psycopg.OperationalError as exc:
@@ -441,7 +447,6 @@ class Hub:
                 self.hints_ignored += len(hints)
                 # One check per MIN_TICK_S however many notifications arrive.
                 await _sleep_or(stop, MIN_TICK_S)
-        self._poke.clear()
 
     async def _genuine(self, conn: psycopg.AsyncConnection[Any], hints: set[int]) -> bool:
         """Whether one of the transactions `hints` names stored readings this hub has not
@@ -463,6 +468,9 @@ class Hub:
         return bool(row and row[0])
 
     async def _tick(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        # Only those who asked before this tick began are told it is done: a tick under way
+        # when next_tick() was called may have read the grants before the call.
+        waiting, self._on_tick = self._on_tick, []
         prev = self.current
         attached = [f for f in self._members if f.closed is None]
         joining = dict(self._joining)
@@ -503,9 +511,8 @@ class Hub:
                     feed.push(now_snap, readings)
         self._members = {f for f in self._members if f.attached and f.closed is None}
         self._moved.set()
-        for done in self._on_tick:
+        for done in waiting:
             done.set()
-        self._on_tick.clear()
 
     def _select(self, feed: Feed, shared: dict[str, _TickRows]) -> list[dict[str, Any]]:
         """What `feed` may see of the rows every feed shares: its scopes, in memory.

@@ -37,7 +37,7 @@ from tests.e2e.harness import query
 from tests.e2e.secure_broker import ACTOR, Device, SecureCity, start_secure_city
 from tests.streams.conftest import write_rows
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.security]
 
 WAIT_S = 20.0
 
