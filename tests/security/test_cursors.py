@@ -71,16 +71,7 @@ def test_a_forged_cursor_is_refused_by_query_header_and_acknowledgement(town: To
             ):
                 if name == "aggregate" and text.startswith("A"):
                     continue  # below: watermarks of its own
-                tries = {"ack": lambda s=sub, c=text: h.post(f"/v1/subscriptions/{s['id']}/ack",
-                                                             json={"cursor": c})}  # fmt: skip
-                if name in ("sse", "aggregate"):
-                    url = f"/v1/subscriptions/{sub['id']}/events"
-                    tries["?cursor="] = lambda u=url, c=text: h.get(u, params={"cursor": c})
-                    tries["Last-Event-ID"] = lambda u=url, c=text: h.get(
-                        u, headers={"Last-Event-ID": c}
-                    )
-                for how, attempt in tries.items():
-                    r = attempt()
+                for how, r in attempts(h, sub["id"], text, sse=name in ("sse", "aggregate")):
                     outcomes[(name, how, text)] = (r.status_code, r.json().get("reason", ""))
         start = int(subs["aggregate"]["cursor"][1:])
         for text in ("A0", f"A{start - 60_000_000}", "A-1"):
@@ -130,6 +121,18 @@ def test_an_honest_catch_up_is_paged_and_resumes_mid_page_without_loss_or_duplic
     resumed = [key(r) for _, rs in again for r in rs]
     assert len(resumed) == len(set(resumed))  # nothing twice
     assert set(resumed) == rest  # nothing before the cursor, nothing after it missing
+
+
+def attempts(
+    h: httpx.Client, sub_id: str, text: str, *, sse: bool
+) -> list[tuple[str, httpx.Response]]:
+    """`text` sent back as an acknowledgement and, for SSE, as `?cursor=` and Last-Event-ID."""
+    out = [("ack", h.post(f"/v1/subscriptions/{sub_id}/ack", json={"cursor": text}))]
+    if sse:
+        url = f"/v1/subscriptions/{sub_id}/events"
+        out.append(("?cursor=", h.get(url, params={"cursor": text})))
+        out.append(("Last-Event-ID", h.get(url, headers={"Last-Event-ID": text})))
+    return out
 
 
 def key(r: dict[str, Any]) -> tuple[str, float]:

@@ -1,6 +1,6 @@
-"""Issue 8's security checks against the real Mosquitto (generated config) and PostgreSQL.
+"""Security checks that held, against the real Mosquitto (generated config) and PostgreSQL.
 
-- a device reads neither another device's topics nor any delivery topic;
+- a device reads neither another device's topics nor any delivery topic, nor `$SYS`;
 - a consumer cannot read another consumer's MQTT delivery topic;
 - secrets and tokens never reach a log line.
 """
@@ -170,7 +170,7 @@ def test_a_device_reads_neither_another_devices_topics_nor_any_delivery(
     }  # fmt: skip
     try:
         spy.start([f"devices/{b}/telemetry", f"devices/{b}/commands", "devices/+/telemetry",
-                   "deliveries/#", f"devices/{a}/commands"])  # fmt: skip
+                   "deliveries/#", "$SYS/#", f"devices/{a}/commands"])  # fmt: skip
         controls["ingest"].start(["devices/+/telemetry"])
         controls["device B"].start([f"devices/{b}/commands"])
         controls["planning"].start(["deliveries/planning/#"])
