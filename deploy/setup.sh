@@ -8,11 +8,13 @@
 set -eu
 
 silobreak migrate
-if [ ! -f /mosquitto/config/mosquitto.conf ]; then
+# Written again when it predates one listener per kind of account (docs/security.md).
+if ! grep -q '^per_listener_settings true' /mosquitto/config/mosquitto.conf 2>/dev/null; then
     # Inside the compose network only; devices outside would get the TLS listener (deploy
-    # profile, docs/identity.md).
+    # profile, docs/identity.md). 1883: the platform's components; 1884: devices; 1885:
+    # services, teams and the coordinator.
     silobreak broker-config --profile dev --no-dev-certs --plain-bind 0.0.0.0 \
-        --dir /mosquitto/config
+        --device-plain-port 1884 --clients-plain-port 1885 --dir /mosquitto/config
 fi
 
 # A component's broker secret, kept in /run/silobreak/<name>.secret (made once).

@@ -95,6 +95,27 @@ class BrokerAuth:
     def acl_file(self) -> str:
         return render_acl_file(self.principals)
 
+    def listener_files(self) -> dict[str, tuple[str, str]]:
+        """Per listener (platform, clients, devices): its password and ACL file text.
+
+        Each listener admits its own accounts only: the platform's components on the platform
+        listener (free client ids: one per ingestor), devices and people's principals on
+        listeners whose client id is the user name, so no account can take a component's
+        session or another account's."""
+        components = [p for p in self.principals if p.kind == COMPONENT]
+        clients = [p for p in self.principals if p.kind != COMPONENT]
+        return {
+            "platform": (
+                render_password_file((p.username, p.password_hash) for p in components),
+                render_acl_file(components, devices=False),
+            ),
+            "clients": (
+                render_password_file((p.username, p.password_hash) for p in clients),
+                render_acl_file(clients, devices=False),
+            ),
+            "devices": (render_password_file(self.devices), render_acl_file([])),
+        }
+
 
 def render_password_file(accounts: Iterable[tuple[str, str]]) -> str:
     """`user:$7$...` lines, as mosquitto_passwd writes them."""
@@ -106,15 +127,16 @@ def render_password_file(accounts: Iterable[tuple[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_acl_file(principals: Sequence[PrincipalAccount]) -> str:
-    """Per-principal topic rules, then the patterns every device account gets."""
+def render_acl_file(principals: Sequence[PrincipalAccount], *, devices: bool = True) -> str:
+    """Per-principal topic rules, then (with `devices`) the patterns every device account gets."""
     out = ["# Written by silobreak from its registry; changes made here are overwritten.", ""]
     for p in principals:
         out.append(f"user {p.username}")
         out += [f"topic {access} {t}" for access, t in _principal_topics(p)]
         out.append("")
-    out.append("# Devices: each under its own id, which is its user name.")
-    out += [f"pattern {access} {t}" for access, t in DEVICE_PATTERNS]
+    if devices:
+        out.append("# Devices: each under its own id, which is its user name.")
+        out += [f"pattern {access} {t}" for access, t in DEVICE_PATTERNS]
     return "\n".join(out) + "\n"
 
 

@@ -6,6 +6,7 @@ import bisect
 import csv
 import io
 import math
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +20,12 @@ from devices.topics import DEVICE_ID_RE, SERVICE_RE
 REQUIRED_COLUMNS: Final = ("device_id", "device_type", "service")
 KNOWN_COLUMNS: Final = (*REQUIRED_COLUMNS, "district", "lat", "lon", "medium", "installed_at")
 _EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
+# Registry text goes into dashboards, CSV files and spreadsheets: a district is a name (letters
+# of any script, digits, the punctuation of place names), never `=HYPERLINK(...)` or markup.
+MAX_DISTRICT: Final = 100
+_DISTRICT_PUNCTUATION: Final = frozenset(" .,'()/&-_")
+# Free attributes (extra CSV columns) are kept as text; no control or format characters.
+MAX_ATTRIBUTE: Final = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +76,30 @@ def record_problem(rec: DeviceRecord) -> str | None:
         return "lon must be between -180 and 180"
     if rec.installed_at is not None and rec.installed_at.tzinfo is None:
         return "installed_at needs a UTC offset"
+    if rec.district is not None and not is_district(rec.district):
+        return (
+            f"district {rec.district[:80]!r} must be 1 to {MAX_DISTRICT} letters, digits, spaces"
+            " or . , ' ( ) / & - _, starting with a letter or digit"
+        )
+    for key, value in rec.attributes.items():
+        if not _plain_text(key, MAX_ATTRIBUTE) or not _plain_text(value, MAX_ATTRIBUTE):
+            return (
+                f"attribute {key[:80]!r}: at most {MAX_ATTRIBUTE} characters, no control characters"
+            )
     return None
+
+
+def is_district(text: str) -> bool:
+    """Whether `text` can be a district: a name, never markup or a spreadsheet formula."""
+    return (
+        0 < len(text) <= MAX_DISTRICT
+        and text[0].isalnum()
+        and all(c.isalnum() or c in _DISTRICT_PUNCTUATION for c in text)
+    )
+
+
+def _plain_text(text: str, limit: int) -> bool:
+    return len(text) <= limit and not any(unicodedata.category(c) in {"Cc", "Cf"} for c in text)
 
 
 def new_record(

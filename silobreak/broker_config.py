@@ -13,6 +13,7 @@ Profile = Literal["dev", "deploy"]
 PROFILES: Final = ("dev", "deploy")
 PLAIN_PORT: Final = 1883
 TLS_PORT: Final = 8883
+CLIENTS_TLS_PORT: Final = 8884
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,11 @@ class BrokerConfig:
     keyfile: Path | None = None
     run_as: str | None = None  # Mosquitto's `user` (who it becomes when started as root)
     persistence_dir: Path | None = None  # default: `directory`
+    clients_port: int = CLIENTS_TLS_PORT  # TLS, next to the device listener: people's principals
+    # Plain listeners on `plain_bind` for devices and for people's principals (development,
+    # or a private network); None: none.
+    device_plain_port: int | None = None
+    clients_plain_port: int | None = None
 
     @property
     def files(self) -> BrokerFiles:
@@ -52,8 +58,12 @@ class BrokerConfig:
         for path in (self.cafile, self.certfile, self.keyfile):
             if path is not None and not path.is_file():
                 raise SettingsError(f"{path} is not a file")
-        if self.tls and self.tls_port == self.plain_port:
-            raise SettingsError("the TLS and plain listeners need different ports")
+        ports = [self.plain_port, self.device_plain_port, self.clients_plain_port]
+        if self.tls:
+            ports += [self.tls_port, self.clients_port]
+        given_ports = [p for p in ports if p is not None]
+        if len(set(given_ports)) != len(given_ports):
+            raise SettingsError("every listener needs a port of its own")
 
 
 def render(cfg: BrokerConfig) -> str:
@@ -66,10 +76,7 @@ def render(cfg: BrokerConfig) -> str:
         "# Who may connect, and what each may publish and read: written from the registry by",
         "# `silobreak broker-sync` (and by every provisioning command when SILOBREAK_BROKER_DIR",
         "# names this directory), then applied by SIGHUP without a restart.",
-        "per_listener_settings false",
-        "allow_anonymous false",
-        f"password_file {files.password_file}",
-        f"acl_file {files.acl_file}",
+        "per_listener_settings true",
         f"pid_file {files.pid_file}",
     ]
     if cfg.run_as:
@@ -111,22 +118,49 @@ def render(cfg: BrokerConfig) -> str:
         "log_timestamp_format %Y-%m-%dT%H:%M:%S",
         "connection_messages true",
         "",
-        "# Platform listener, plain: ingest, streams and provisioning (and devices in",
-        "# development). Keep it on loopback or a private network.",
+        "# Who may connect, and what each may publish and read: written from the registry by",
+        "# `silobreak broker-sync` (and by every provisioning command when SILOBREAK_BROKER_DIR",
+        "# names this directory), then applied by SIGHUP without a restart. Each listener has",
+        "# files of its own: an account can log in only where it belongs.",
+        "",
+        "# Platform listener, plain: the platform's components (ingest, streams) only; each",
+        "# ingestor picks its own stable client id. Keep it on loopback or a private network.",
         f"listener {cfg.plain_port} {cfg.plain_bind}",
+        *_auth(files, "platform", own_ids=False),
     ]
-    if cfg.tls:
-        bind = cfg.tls_bind if cfg.tls_bind is not None else _default_tls_bind(cfg.profile)
+    if cfg.device_plain_port is not None:
         out += [
             "",
-            "# Device listener, TLS. The client id is replaced by the user name (the device id),",
-            "# so no device can take over another's session or knock it off by reusing its id.",
-            f"listener {cfg.tls_port}" + (f" {bind}" if bind else ""),
+            "# Device listener, plain (development or a private network): devices only.",
+            f"listener {cfg.device_plain_port} {cfg.plain_bind}",
+            *_auth(files, "devices", own_ids=True),
+        ]
+    if cfg.clients_plain_port is not None:
+        out += [
+            "",
+            "# Clients listener, plain: services, teams and the coordinator.",
+            f"listener {cfg.clients_plain_port} {cfg.plain_bind}",
+            *_auth(files, "clients", own_ids=True),
+        ]
+    if cfg.tls:
+        bind = cfg.tls_bind if cfg.tls_bind is not None else _default_tls_bind(cfg.profile)
+        tls = [
             f"cafile {_abs(cfg.cafile)}",
             f"certfile {_abs(cfg.certfile)}",
             f"keyfile {_abs(cfg.keyfile)}",
             "tls_version tlsv1.2",
-            "use_username_as_clientid true",
+        ]
+        out += [
+            "",
+            "# Device listener, TLS: devices only.",
+            f"listener {cfg.tls_port}" + (f" {bind}" if bind else ""),
+            *tls,
+            *_auth(files, "devices", own_ids=True),
+            "",
+            "# Clients listener, TLS: services, teams and the coordinator.",
+            f"listener {cfg.clients_port}" + (f" {bind}" if bind else ""),
+            *tls,
+            *_auth(files, "clients", own_ids=True),
         ]
     return "\n".join(out) + "\n"
 
@@ -137,9 +171,20 @@ def write(cfg: BrokerConfig, output: Path) -> None:
     cfg.directory.mkdir(parents=True, exist_ok=True)
     output.write_text(render(cfg), encoding="utf-8")
     files = cfg.files
-    for path in (files.password_file, files.acl_file):
+    for path in files.all_files():
         if not path.exists():
             write_private(path, "# Empty until `silobreak broker-sync` writes it.\n")
+
+
+def _auth(files: BrokerFiles, listener: str, *, own_ids: bool) -> list[str]:
+    passwords, acl = files.listener(listener)
+    out = ["allow_anonymous false", f"password_file {passwords}", f"acl_file {acl}"]
+    if own_ids:
+        # The client id is replaced by the user name (a device id, or `kind~name`, which no
+        # device id can be): no account can take over another's session, a component's
+        # included, or knock it off by reusing its client id.
+        out.append("use_username_as_clientid true")
+    return out
 
 
 def _default_tls_bind(profile: Profile) -> str:

@@ -21,6 +21,7 @@ from ingest.errors import IngestError
 from silobreak.bench.suite import BENCHMARKS
 from silobreak.settings import Settings, SettingsError, load_settings
 from store.errors import StoreError, StoreUnavailable, first_line
+from streams import csvsafe
 
 logger = logging.getLogger("silobreak")
 T = TypeVar("T")
@@ -326,7 +327,7 @@ def _emit(header: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> Non
     if fmt == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(header)
-        writer.writerows(["" if v is None else v for v in row] for row in rows)
+        writer.writerows(["" if v is None else csvsafe.neutral(v) for v in row] for row in rows)
         return
     text = [[("" if v is None else str(v)) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in text]) for i, h in enumerate(header)]

@@ -32,6 +32,23 @@ if TYPE_CHECKING:
 @click.option("--plain-port", type=click.IntRange(1, 65535), default=1883, show_default=True)
 @click.option("--tls-bind", help="Default: 127.0.0.1 (dev), every interface (deploy).")
 @click.option("--tls-port", type=click.IntRange(1, 65535), default=8883, show_default=True)
+@click.option(
+    "--clients-port",
+    type=click.IntRange(1, 65535),
+    default=8884,
+    show_default=True,
+    help="TLS listener of services, teams and the coordinator.",
+)
+@click.option(
+    "--device-plain-port",
+    type=click.IntRange(1, 65535),
+    help="Also a plain device listener on --plain-bind (development, private networks).",
+)
+@click.option(
+    "--clients-plain-port",
+    type=click.IntRange(1, 65535),
+    help="Also a plain listener for services, teams and the coordinator on --plain-bind.",
+)
 @click.option("--cafile", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--certfile", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--keyfile", type=click.Path(dir_okay=False, path_type=Path))
@@ -49,6 +66,9 @@ def broker_config(
     plain_port: int,
     tls_bind: str | None,
     tls_port: int,
+    clients_port: int,
+    device_plain_port: int | None,
+    clients_plain_port: int | None,
     cafile: Path | None,
     certfile: Path | None,
     keyfile: Path | None,
@@ -68,6 +88,9 @@ def broker_config(
         plain_port=plain_port,
         tls_bind=tls_bind,
         tls_port=tls_port,
+        clients_port=clients_port,
+        device_plain_port=device_plain_port,
+        clients_plain_port=clients_plain_port,
         cafile=cafile,
         certfile=certfile,
         keyfile=keyfile,
@@ -82,6 +105,8 @@ def broker_config(
     click.echo(f"wrote {target}; start it with: mosquitto -c {target.resolve()}")
     if cfg.tls:
         click.echo(f"devices connect with TLS on port {tls_port}, trusting {cfg.cafile}")
+        click.echo(f"services and teams connect with TLS on port {clients_port}")
+    click.echo(f"the platform's components (ingest, streams) connect on port {plain_port}")
     click.echo(f"then: SILOBREAK_BROKER_DIR={directory.resolve()} silobreak broker-sync", err=True)
 
 

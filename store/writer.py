@@ -29,10 +29,11 @@ _REJECT_TYPES: Final = ("timestamptz", "text", "text", "text", "text", "bytea")
 # Days of partitions made ahead of the newest reading, so midnight never waits on DDL.
 _PARTITIONS_AHEAD: Final = 2
 # Notified by every transaction that stores readings, at its commit: live delivery wakes on it
-# instead of waiting for its next poll. PostgreSQL folds a channel's notifications within one
-# transaction into one; the listener learns "something was committed", never what.
+# instead of waiting for its next poll. The payload is the transaction's id (its rows' `batch`).
+# Any database login may NOTIFY any channel, so a listener treats it as a hint only: it wakes
+# when rows of that batch exist and are new to it (streams.live), never on the word alone.
 READINGS_CHANNEL: Final = "silobreak_readings"
-_NOTIFY: Final = f"NOTIFY {READINGS_CHANNEL}".encode()
+_NOTIFY: Final = f"SELECT pg_notify('{READINGS_CHANNEL}', txid_current()::text)".encode()
 # SQLSTATE classes after which the same batch may succeed later: 08 connection exception,
 # 53 insufficient resources (disk full), 57 operator intervention (shutdown), 40 rollback.
 _RETRYABLE_CLASSES: Final = ("08", "53", "57", "40")

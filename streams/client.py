@@ -11,8 +11,11 @@ and acknowledges its position as it goes, so a restarted consumer resumes there 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +32,60 @@ RECONNECT_FIRST_S: Final = 0.5
 RECONNECT_MAX_S: Final = 10.0
 # Longer than the server's 15 s heartbeat: silence past it means a dead connection.
 READ_TIMEOUT_S: Final = 45.0
+
+
+# Webhook deliveries (docs/streams.md, Webhooks): the headers, and how old a signed delivery
+# may be. Five minutes covers clock skew between hosts and a receiver's own queueing; a
+# captured delivery replayed later than that is refused, and within it the receiver's
+# Idempotency-Key deduplication refuses it (the key is signed, so it cannot be changed).
+SIGNATURE_HEADER: Final = "X-Silobreak-Signature"
+TIMESTAMP_HEADER: Final = "X-Silobreak-Timestamp"
+SUBSCRIPTION_HEADER: Final = "X-Silobreak-Subscription"
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+WEBHOOK_TOLERANCE_S: Final = 300.0
+_SIGNATURE_VERSION: Final = "v2"
+
+
+def signed_message(*, timestamp: str, subscription: str, key: str, body: bytes) -> bytes:
+    """What a webhook signature covers: `v2`, the timestamp, the subscription id and the
+    idempotency key, one per line, then the body."""
+    head = "\n".join((_SIGNATURE_VERSION, timestamp, subscription, key)) + "\n"
+    return head.encode() + body
+
+
+def sign_webhook(secret: str, *, timestamp: str, subscription: str, key: str, body: bytes) -> str:
+    """The `X-Silobreak-Signature` value: `v2=` and the hex HMAC-SHA256 of signed_message."""
+    message = signed_message(timestamp=timestamp, subscription=subscription, key=key, body=body)
+    mac = hmac.new(secret.encode(), message, hashlib.sha256)
+    return f"{_SIGNATURE_VERSION}={mac.hexdigest()}"
+
+
+def verify_webhook(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    subscription: str | None = None,
+    now: float | None = None,
+    tolerance: float = WEBHOOK_TOLERANCE_S,
+) -> bool:
+    """The reference verifier of a webhook delivery: whether it is signed with `secret`, its
+    timestamp is within `tolerance` seconds of `now`, and (when given) it is for `subscription`.
+
+    Receivers also keep the Idempotency-Keys they processed (for longer than `tolerance`) and
+    skip a key seen before: that refuses a replay inside the tolerance, and a redelivery."""
+    timestamp = headers.get(TIMESTAMP_HEADER, "")
+    sub = headers.get(SUBSCRIPTION_HEADER, "")
+    key = headers.get(IDEMPOTENCY_HEADER, "")
+    if not timestamp.isdigit() or not sub or not key.startswith(f"{sub}-"):
+        return False
+    if subscription is not None and sub != subscription:
+        return False
+    at = time.time() if now is None else now
+    if abs(at - int(timestamp)) > tolerance:
+        return False
+    expected = sign_webhook(secret, timestamp=timestamp, subscription=sub, key=key, body=body)
+    return hmac.compare_digest(expected, headers.get(SIGNATURE_HEADER, ""))
 
 
 class ClientError(StreamsError):

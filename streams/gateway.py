@@ -25,7 +25,7 @@ import msgspec
 import psycopg
 from fastapi import Depends, Request
 
-from streams import audit, cursor, grants, subscriptions
+from streams import audit, cursor, grants, subscriptions, urls
 from streams.errors import ApiError
 from streams.live import Batch, Feed, FeedClosed, Hub
 from streams.mqtt_delivery import MqttDelivery, MqttDeliveryError
@@ -222,8 +222,11 @@ class Gateway:
         assert self._http is not None
         assert sub.webhook_url is not None
         assert sub.secret is not None
+        # Checked again at every start, in normal form, and sent to that form: a URL stored
+        # before the allow-list changed (or before URLs were normalised) goes nowhere else.
+        url = _webhook_url(sub.webhook_url, self.config.webhook_allow)
         sender = WebhookSender(
-            conn, self._http, subscription_id=sub.id, url=sub.webhook_url, secret=sub.secret,
+            conn, self._http, subscription_id=sub.id, url=url, secret=sub.secret,
             retry=self.config.webhook_retry,
         )  # fmt: skip
         feed = self.feed(grant, sub, at)
@@ -325,6 +328,17 @@ def check_active(grant: Grant) -> None:
         state = "expired"
     if state != "active":
         raise FeedClosed(f"grant_{state}")
+
+
+def _webhook_url(url: str, allow: tuple[str, ...]) -> str:
+    """The normal form of a stored webhook URL; FeedClosed when it is no longer allowed."""
+    try:
+        target = urls.normalise(url)
+    except urls.UrlRefused:
+        raise FeedClosed("webhook_not_allowed") from None
+    if not urls.matching(target, allow):
+        raise FeedClosed("webhook_not_allowed")
+    return target.url
 
 
 async def _batches(feed: Feed) -> AsyncIterator[Batch]:

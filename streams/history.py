@@ -47,12 +47,21 @@ async def raw_page(
 
 
 async def committed_after(
-    conn: psycopg.AsyncConnection[Any], scope: Scope, *, prev: str, upto: str | None
+    conn: psycopg.AsyncConnection[Any],
+    scope: Scope,
+    *,
+    prev: str,
+    upto: str | None,
+    after: RowKey | None = None,
+    limit: int | None = None,
 ) -> list[WideRow]:
-    """Rows of `scope` committed after snapshot `prev` (and before `upto`, when given)."""
+    """Rows of `scope` committed after snapshot `prev` (and before `upto`, when given), in
+    (time, device_id) order; with `limit`, a page of them after `after` (paging needs `upto`:
+    with both snapshots fixed the set of rows is too)."""
     query, params = store_query.raw(
-        scope.store_scope(), limit=None, committed_after=prev, committed_upto=upto
-    )
+        scope.store_scope(), after=after, limit=limit, committed_after=prev,
+        committed_upto=upto,
+    )  # fmt: skip
     cur = await conn.execute(query, params)
     return await cur.fetchall()
 

@@ -26,7 +26,7 @@ from store.aggregates import ORIGIN
 from store.writer import READINGS_CHANNEL
 from streams import cursor, history
 from streams.aggregate import AggregateKey, aggregates, key_of
-from streams.cursor import Live, Replay, Watermark
+from streams.cursor import Catchup, Live, Replay, Watermark
 from streams.scope import Grant, Scope
 
 logger = logging.getLogger(__name__)
@@ -36,8 +36,15 @@ logger = logging.getLogger(__name__)
 FEED_QUEUE: Final = 100
 # Rows per replay page: a page is one query and one delivered batch.
 REPLAY_PAGE: Final = 5000
+# Buckets per live aggregate batch while a watermark catches up: a day of hourly buckets, so
+# a batch holds at most 24 buckets of the grant's devices or pools, whatever `since` was.
+AGGREGATE_WINDOW: Final = 24
 # How long a hub failure (the store down) waits before the next try.
 RETRY_S: Final = 1.0
+# Transaction ids named by notifications kept between two checks; more are not needed (one
+# genuine id is enough to tick), and a flood of forged ones cannot grow memory.
+MAX_HINTS: Final = 1000
+_XID_DIGITS: Final = 20
 # The least time between two ticks: commits closer together than this share a tick.
 MIN_TICK_S: Final = 0.05
 
@@ -138,25 +145,63 @@ class Feed:
         self.cursor = Live(start.snapshot)
 
     async def _catch_up(self) -> AsyncIterator[Batch]:
-        """Read alone up to the hub's position, then hand the last stretch to the hub."""
-        assert isinstance(self.cursor, Live)
+        """Read alone up to the hub's position, page by page, then hand the last stretch to
+        the hub. A pass that needed full pages took a while: another pass follows, to a newer
+        position, so the hub is handed only what committed during a short one."""
         self._check()
-        target = await self.hub.position()
-        readings: list[dict[str, Any]] = []
-        async with self.hub.connection() as conn:
-            for scope in self.scopes:
-                rows = await history.committed_after(
-                    conn, scope, prev=self.cursor.snapshot, upto=target
-                )
-                readings += history.explode(scope, rows)
-        self._check()
-        self.cursor = Live(target)
+        if isinstance(self.cursor, Catchup):
+            at = self.cursor
+            after = history.RowKey(at.time, at.device_id)
+            async for batch in self._catch_up_pass(at.prev, at.upto, at.table, after):
+                if batch.readings:
+                    yield Batch(batch.readings, batch.cursor, "live")
+        while True:
+            assert isinstance(self.cursor, Live)
+            target = await self.hub.position()
+            held: list[dict[str, Any]] = []
+            paged = False
+            async for batch in self._catch_up_pass(self.cursor.snapshot, target, 0, None):
+                if batch.phase == "held":
+                    held = batch.readings
+                    continue
+                paged = True
+                yield batch
+            if not paged:
+                break
+            if held:
+                yield Batch(held, cursor.encode(self.cursor), "live")
         # From `target` on, the hub reads for us within its own tick: nothing can slip
         # between the end of this catch-up and the first shared batch.
         self.attached = True
         self.hub.join(self, target)
-        if readings:
-            yield Batch(readings, cursor.encode(self.cursor), "live")
+        if held:
+            yield Batch(held, cursor.encode(self.cursor), "live")
+
+    async def _catch_up_pass(
+        self, prev: str, upto: str, table: int, after: history.RowKey | None
+    ) -> AsyncIterator[Batch]:
+        """Full pages as they are read (each one query of at most REPLAY_PAGE rows, with a
+        Catchup cursor), then what is left over as one `held` batch; the cursor ends at
+        Live(upto)."""
+        held: list[dict[str, Any]] = []
+        for index in range(table, len(self.scopes)):
+            scope = self.scopes[index]
+            while True:
+                async with self.hub.connection() as conn:
+                    rows = await history.committed_after(
+                        conn, scope, prev=prev, upto=upto, after=after, limit=REPLAY_PAGE
+                    )
+                self._check()
+                held += history.explode(scope, rows)
+                if len(rows) < REPLAY_PAGE:
+                    break
+                after = history.RowKey(rows[-1][0], rows[-1][1])
+                self.cursor = Catchup(prev, upto, index, after.time, after.device_id)
+                yield Batch(held, cursor.encode(self.cursor), "live")
+                held = []
+            after = None
+        self.cursor = Live(upto)
+        yield Batch(held, cursor.encode(self.cursor), "held")
 
     async def _live(self) -> AsyncIterator[Batch]:
         while self.attached or not self._queue.empty():
@@ -198,11 +243,16 @@ class Feed:
         while True:
             self._check()
             due = _floor_to(_now() - self.hub.aggregate_grace, step)
-            if due > mark:
-                rows = [row async for page in self._aggregate_pages(mark, due) for row in page]
-                mark = due
+            # A watermark far behind (a `since` long ago) is caught up a window at a time:
+            # one batch never holds more than AGGREGATE_WINDOW buckets.
+            upto = min(due, mark + step * AGGREGATE_WINDOW)
+            if upto > mark:
+                rows = [row async for page in self._aggregate_pages(mark, upto) for row in page]
+                mark = upto
                 self.cursor = Watermark(mark)
                 yield Batch(rows, cursor.encode(self.cursor), "aggregate")
+                if upto < due:
+                    continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.hub.poll_interval):
@@ -262,6 +312,9 @@ class Hub:
         self._on_tick: list[asyncio.Event] = []
         self.listening = False  # hearing the writers' commits
         self.notifications = 0
+        self.hints_ignored = 0  # notifications that named no new readings (or nothing)
+        self._hints: set[int] = set()
+        self._hinted = asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -296,7 +349,8 @@ class Hub:
         return self.current
 
     async def next_tick(self) -> None:
-        """Wait until the hub has finished one more tick (revocations are applied by then)."""
+        """Wait until a tick that began after this call has finished (revocations are applied
+        by then)."""
         done = asyncio.Event()
         self._on_tick.append(done)
         self._poke.set()
@@ -323,15 +377,19 @@ class Hub:
                             self.conninfo, autocommit=True,
                             application_name="silobreak-streams-hub",
                         )  # fmt: skip
+                    # What was asked for until now (pokes, commits heard) this tick serves;
+                    # what comes during it asks for the next one.
+                    self._poke.clear()
+                    self._hinted.clear()
+                    self._hints = set()
                     await self._tick(conn)
+                    await self._idle(stop, conn)
                 except psycopg.OperationalError as exc:
                     logger.warning("streams hub: store unavailable: %s", str(exc).strip())
                     if conn is not None:
                         await conn.close()
                     conn = None
                     await _sleep_or(stop, RETRY_S)
-                    continue
-                await self._idle(stop)
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -340,7 +398,10 @@ class Hub:
                 await conn.close()
 
     async def _listen(self, stop: asyncio.Event) -> None:
-        """Poke the hub at each commit of readings; reconnect when the store goes away."""
+        """Take each commit's notification as a hint; reconnect when the store goes away.
+
+        Any database login can NOTIFY this channel (PostgreSQL has no privilege on it), so a
+        notification is only a transaction id to look at (`_genuine`), never a tick."""
         while not stop.is_set():
             try:
                 async with await psycopg.AsyncConnection.connect(
@@ -349,31 +410,68 @@ class Hub:
                     await conn.execute(f"LISTEN {READINGS_CHANNEL}".encode())
                     self.listening = True
                     self._poke.set()  # commits while nobody listened: look now
-                    async for _ in conn.notifies():
+                    async for note in conn.notifies():
                         self.notifications += 1
-                        self._poke.set()
+                        self._hint(note.payload)
             except psycopg.Error as exc:
                 logger.info("streams hub: not listening for commits: %s", str(exc).strip())
             finally:
                 self.listening = False
             await _sleep_or(stop, RETRY_S)
 
-    async def _idle(self, stop: asyncio.Event) -> None:
-        if self._poke.is_set():
-            self._poke.clear()
+    def _hint(self, payload: str) -> None:
+        if not payload.isdigit() or len(payload) > _XID_DIGITS:
+            self.hints_ignored += 1
             return
-        waiter = asyncio.ensure_future(self._poke.wait())
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait(
-                [waiter, stopper], timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            waiter.cancel()
-            stopper.cancel()
-        self._poke.clear()
+        if len(self._hints) < MAX_HINTS:
+            self._hints.add(int(payload))
+        self._hinted.set()
+
+    async def _idle(self, stop: asyncio.Event, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Wait for a poke, a genuine commit, `stop`, or the poll interval."""
+        deadline = time.monotonic() + self.poll_interval
+        while not (self._poke.is_set() or stop.is_set()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            waits = [asyncio.ensure_future(e.wait()) for e in (self._poke, self._hinted, stop)]
+            try:
+                await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if self._hinted.is_set() and not self._poke.is_set():
+                self._hinted.clear()
+                hints, self._hints = self._hints, set()
+                if await self._genuine(conn, hints):
+                    break
+                self.hints_ignored += len(hints)
+                # One check per MIN_TICK_S however many notifications arrive.
+                await _sleep_or(stop, MIN_TICK_S)
+
+    async def _genuine(self, conn: psycopg.AsyncConnection[Any], hints: set[int]) -> bool:
+        """Whether one of the transactions `hints` names stored readings this hub has not
+        seen: one probe of each table's `batch` index."""
+        if self.current is None or not hints:
+            return self.current is None
+        from store.schema import READINGS_TABLES  # noqa: PLC0415
+
+        probes = sql.SQL(" OR ").join(
+            sql.SQL(
+                "EXISTS (SELECT 1 FROM {} r WHERE r.batch = ANY(%(ids)s::bigint[]) AND {})"
+            ).format(sql.Identifier(t.name), sql.SQL(cursor.AFTER))
+            for t in READINGS_TABLES.values()
+        )
+        cur = await conn.execute(
+            sql.SQL("SELECT {}").format(probes), {"ids": sorted(hints), "prev": self.current}
+        )
+        row = await cur.fetchone()
+        return bool(row and row[0])
 
     async def _tick(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        # Only those who asked before this tick began are told it is done: a tick under way
+        # when next_tick() was called may have read the grants before the call.
+        waiting, self._on_tick = self._on_tick, []
         prev = self.current
         attached = [f for f in self._members if f.closed is None]
         joining = dict(self._joining)
@@ -414,9 +512,8 @@ class Hub:
                     feed.push(now_snap, readings)
         self._members = {f for f in self._members if f.attached and f.closed is None}
         self._moved.set()
-        for done in self._on_tick:
+        for done in waiting:
             done.set()
-        self._on_tick.clear()
 
     def _select(self, feed: Feed, shared: dict[str, _TickRows]) -> list[dict[str, Any]]:
         """What `feed` may see of the rows every feed shares: its scopes, in memory.

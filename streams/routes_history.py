@@ -13,7 +13,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from streams import audit, grants, history
+from streams import audit, csvsafe, grants, history
 from streams.aggregate import AggregateKey, aggregates, key_of
 from streams.auth import Caller, CallerDep, forbidden
 from streams.cursor import from_micros, micros
@@ -231,17 +231,10 @@ def _csv(grant: Grant, readings: list[dict[str, Any]], next_after: str | None) -
     else:
         columns = POOLED_COLUMNS if grant.pool == POOL_DISTRICT else AGG_COLUMNS
     text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
+    # RFC 4180 line ends: a text cell holding a CR is then quoted, as one holding a LF is.
+    writer = csv.writer(text, lineterminator="\r\n")
     writer.writerow(columns)
     for r in readings:
-        writer.writerow([_cell(r.get(c)) for c in columns])
+        writer.writerow([csvsafe.cell(r.get(c)) for c in columns])
     headers = {NEXT_HEADER: next_after} if next_after else {}
     return Response(text.getvalue(), media_type="text/csv", headers=headers)
-
-
-def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from streams import cursor, grants, subscriptions
+from streams import grants, subscriptions
 from streams.auth import CallerDep
 from streams.errors import ApiError
 from streams.gateway import Gateway, GatewayDep
@@ -150,8 +150,8 @@ async def events(
         if sub.status != "active":
             raise ApiError(410, "subscription_stopped", f"{sub_id} stopped: {sub.note}")
         grant = await grants.usable(conn, caller, sub.grant_id)
-    position = last_event_id or at or sub.cursor
-    cursor.decode(position)
+        position = last_event_id or at or sub.cursor
+        await subscriptions.check_position(conn, sub, position)
     feed = gateway.feed(grant, sub, position)
     return StreamingResponse(
         _sse(gateway, feed, sub, position),

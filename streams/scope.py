@@ -84,7 +84,7 @@ class Scope:
         lon: float | None,
         personal: bool,
     ) -> bool:
-        """The in-memory twin of `where()`, for rows the live hub fetched for everyone."""
+        """The in-memory twin of `store_scope()`, for rows the live hub fetched for everyone."""
         g = self.grant
         if service != g.owner or (personal and not g.personal_allowed):
             return False

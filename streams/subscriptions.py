@@ -14,7 +14,7 @@ import psycopg
 from devices.broker_auth import DELIVERIES
 from devices.catalog import DEVICE_TYPES
 from store.aggregates import ORIGIN
-from streams import audit, cursor, grants, webhooks
+from streams import audit, cursor, grants, urls
 from streams.auth import Caller, forbidden
 from streams.errors import ApiError
 from streams.scope import AGGREGATE, Grant, Scope, narrow
@@ -28,8 +28,8 @@ _COLUMNS: Final = (
 _SELECT: Final = "SELECT " + _COLUMNS + " FROM subscriptions"  # noqa: S608 - constant columns
 _INSERT: Final = (
     "INSERT INTO subscriptions (id, consumer, grant_id, device_types, metrics,"  # noqa: S608
-    " districts, delivery, webhook_url, secret, cursor)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING " + _COLUMNS
+    " districts, delivery, webhook_url, secret, cursor, start_cursor)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING " + _COLUMNS
 )
 DELIVERIES_KINDS: Final = ("sse", "webhook", "mqtt")
 
@@ -93,15 +93,9 @@ async def create(
     _check_metrics(grant, spec)
     scopes(grant, spec)
     secret = None
+    url = spec.webhook_url
     if spec.delivery == "webhook":
-        if not spec.webhook_url:
-            raise ApiError(422, "webhook_url_required", "a webhook subscription needs webhook_url")
-        if not webhooks.allowed(spec.webhook_url, webhook_allow):
-            raise forbidden(
-                "webhook_not_allowed",
-                f"{spec.webhook_url} is not under an allowed webhook prefix "
-                "(SILOBREAK_STREAMS_WEBHOOK_ALLOW)",
-            )
+        url = _webhook_target(spec.webhook_url, webhook_allow)
         secret = secrets.token_urlsafe(32)
     elif spec.webhook_url:
         raise ApiError(422, "webhook_url_unexpected", f"{spec.delivery} takes no webhook_url")
@@ -113,11 +107,11 @@ async def create(
             (
                 sub_id, caller.principal, grant.id, list(spec.device_types),
                 list(spec.metrics), list(spec.districts) or None, spec.delivery,
-                spec.webhook_url, secret, cursor.encode(start),
+                url, secret, cursor.encode(start), cursor.encode(start),
             ),
         )  # fmt: skip
         sub = _subscription(await cur.fetchone())
-        detail = {"delivery": spec.delivery, "since": spec.since, "url": spec.webhook_url}
+        detail = {"delivery": spec.delivery, "since": spec.since, "url": url}
         await audit.record(
             conn,
             audit.Event(
@@ -168,12 +162,34 @@ async def acknowledge(
     conn: psycopg.AsyncConnection[Any], caller: Caller, sub_id: str, position: str
 ) -> Subscription:
     """Store the consumer's last processed position: a reconnect resumes after it."""
-    cursor.decode(position)
     sub = await get(conn, caller, sub_id)
+    await check_position(conn, sub, position)
     await conn.execute(
         "UPDATE subscriptions SET cursor = %s, updated_at = now() WHERE id = %s", (position, sub.id)
     )
     return sub
+
+
+async def check_position(
+    conn: psycopg.AsyncConnection[Any], sub: Subscription, position: str
+) -> cursor.Cursor:
+    """`position` as a cursor of `sub`, or a 422: a cursor of another kind, from before the
+    subscription started (a forged `L1:1:`, `A0`), of another replay, or from the future."""
+    found = cursor.decode(position)
+    cur = await conn.execute(
+        "SELECT s.start_cursor, pg_current_snapshot()::text FROM subscriptions s WHERE s.id = %s",
+        (sub.id,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise ApiError(404, "unknown_subscription", f"no subscription {sub.id!r}")
+    problem = cursor.belongs(found, cursor.decode(row[0]), row[1])
+    if problem is not None:
+        raise ApiError(
+            422, "cursor_not_of_subscription", f"{position[:80]!r} is not a position of {sub.id}: "
+            f"{problem}",
+        )  # fmt: skip
+    return found
 
 
 async def stop(conn: psycopg.AsyncConnection[Any], sub_id: str, note: str) -> bool:
@@ -208,6 +224,24 @@ async def _start(
     if since is None:
         return cursor.Live(row[0])
     return cursor.Replay(row[0], since, 0, None, "")
+
+
+def _webhook_target(url: str | None, allow: Sequence[str]) -> str:
+    """The URL deliveries go to, in normal form (streams.urls), once it is under the allow-list;
+    a 403 that says why for any other."""
+    if not url:
+        raise ApiError(422, "webhook_url_required", "a webhook subscription needs webhook_url")
+    try:
+        target = urls.normalise(url)
+    except urls.UrlRefused as exc:
+        raise forbidden("webhook_not_allowed", f"{url[:200]!r}: {exc}") from None
+    if not urls.matching(target, allow):
+        raise forbidden(
+            "webhook_not_allowed",
+            f"{target.url} is not under an allowed webhook prefix "
+            "(SILOBREAK_STREAMS_WEBHOOK_ALLOW)",
+        )
+    return target.url
 
 
 def _check_metrics(grant: Grant, spec: SubscriptionSpec) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import random
 import time
@@ -12,23 +10,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import httpx
 import msgspec
 import psycopg
 
-from streams import audit
+from streams import audit, client, urls
 from streams.errors import StreamsError
 
 logger = logging.getLogger(__name__)
 
-SIGNATURE_HEADER: Final = "X-Silobreak-Signature"
-TIMESTAMP_HEADER: Final = "X-Silobreak-Timestamp"
-IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+SIGNATURE_HEADER: Final = client.SIGNATURE_HEADER
+TIMESTAMP_HEADER: Final = client.TIMESTAMP_HEADER
+SUBSCRIPTION_HEADER: Final = client.SUBSCRIPTION_HEADER
+IDEMPOTENCY_HEADER: Final = client.IDEMPOTENCY_HEADER
 # A receiver that has not answered by then is treated as down (and the batch retried).
 REQUEST_TIMEOUT_S: Final = 10.0
-_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 class WebhookAbandoned(StreamsError):
@@ -69,44 +66,34 @@ class _Head(msgspec.Struct):
 
 
 def allowed(url: str, allow: Sequence[str]) -> bool:
-    """Whether `url` falls under one of the allow-list's prefixes (parsed, not string-compared:
-    `http://127.0.0.1:80@evil.example/` has host evil.example)."""
-    try:
-        target = urlsplit(url)
-        port = target.port or _DEFAULT_PORTS.get(target.scheme)
-    except ValueError:
-        return False
-    if target.scheme not in _DEFAULT_PORTS or target.username or target.password:
-        return False
-    if not target.hostname:
-        return False
-    for entry in allow:
-        try:
-            rule = urlsplit(entry)
-            rule_port = rule.port or _DEFAULT_PORTS.get(rule.scheme)
-        except ValueError:
-            continue
-        if (
-            rule.scheme == target.scheme
-            and rule.hostname == target.hostname
-            and rule_port == port
-            and (target.path or "/").startswith(rule.path or "/")
-        ):
-            return True
-    return False
+    """Whether `url`, in its normal form, falls under one of the allow-list's prefixes
+    (streams.urls: dot segments removed, encoded separators refused, segments compared)."""
+    return urls.allowed(url, allow)
 
 
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """`sha256=<hex>` of HMAC-SHA256(secret, timestamp + "." + body)."""
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
+def sign(secret: str, *, timestamp: str, subscription: str, key: str, body: bytes) -> str:
+    """`v2=<hex>`: HMAC-SHA256 over the timestamp, the subscription, the idempotency key and
+    the body (streams.client.signed_message), so no part can be swapped for another's."""
+    return client.sign_webhook(
+        secret, timestamp=timestamp, subscription=subscription, key=key, body=body
+    )
 
 
-def verify(secret: str, headers: Any, body: bytes) -> bool:
-    """For receivers: whether a delivery's signature is ours."""
-    timestamp = headers.get(TIMESTAMP_HEADER, "")
-    expected = sign(secret, timestamp, body)
-    return hmac.compare_digest(expected, headers.get(SIGNATURE_HEADER, ""))
+def verify(
+    secret: str,
+    headers: Any,
+    body: bytes,
+    *,
+    subscription: str | None = None,
+    now: float | None = None,
+    tolerance: float = client.WEBHOOK_TOLERANCE_S,
+) -> bool:
+    """For receivers: whether a delivery is ours, recent, and (when given) for `subscription`.
+
+    The reference verifier is streams.client.verify_webhook; this is the same function."""
+    return client.verify_webhook(
+        secret, headers, body, subscription=subscription, now=now, tolerance=tolerance
+    )
 
 
 class WebhookSender:
@@ -203,12 +190,17 @@ class WebhookSender:
 
     async def _attempt(self, seq: int, body: bytes) -> str | None:
         timestamp = str(int(time.time()))
+        key = f"{self.subscription_id}-{seq}"
         headers = {
             "Content-Type": "application/json",
-            IDEMPOTENCY_HEADER: f"{self.subscription_id}-{seq}",
+            IDEMPOTENCY_HEADER: key,
+            SUBSCRIPTION_HEADER: self.subscription_id,
             TIMESTAMP_HEADER: timestamp,
-            SIGNATURE_HEADER: sign(self._secret, timestamp, body),
-        }
+            SIGNATURE_HEADER: sign(
+                self._secret, timestamp=timestamp, subscription=self.subscription_id,
+                key=key, body=body,
+            ),
+        }  # fmt: skip
         try:
             response = await self._client.post(
                 self.url, content=body, headers=headers, timeout=REQUEST_TIMEOUT_S

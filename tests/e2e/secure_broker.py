@@ -33,6 +33,12 @@ class GeneratedMosquitto(LocalMosquitto):
         super().__init__(cfg.directory, port=cfg.plain_port)
         self.cfg = cfg
         self.tls_port = cfg.tls_port
+        assert cfg.device_plain_port is not None
+        assert cfg.clients_plain_port is not None
+        # Plain listeners for devices and for services, teams and the coordinator (the plain
+        # `port` admits the platform's components only).
+        self.device_port = cfg.device_plain_port
+        self.clients_port = cfg.clients_plain_port
 
     def config_text(self) -> str:
         return render(self.cfg)
@@ -74,6 +80,9 @@ def start_secure_city(service_dir: Path, db_url: str) -> SecureCity:
         directory=service_dir / "mqtt",
         plain_port=free_port(),
         tls_port=free_port(),
+        clients_port=free_port(),
+        device_plain_port=free_port(),
+        clients_plain_port=free_port(),
         cafile=certs.ca_cert,
         certfile=certs.server_cert,
         keyfile=certs.server_key,

@@ -19,7 +19,6 @@ import pytest
 
 from devices.registry import new_record
 from ingest.mqtt_wire import MqttError, MqttPublisher, PublishRejected, Will
-from silobreak.broker_sync import PASSWORD_FILE
 from store.lifecycle import transfer
 from tests.e2e.harness import IngestProcess, query, wait_until
 from tests.e2e.secure_broker import (
@@ -243,7 +242,7 @@ def test_bulk_import_of_10000_devices_is_all_or_nothing_with_credentials_in_one_
     assert secrets_file.stat().st_mode & 0o777 == 0o600
     secrets = dict(line.split(",") for line in secrets_file.read_text().splitlines()[1:])
     assert len(secrets) == 10_000
-    password_lines = (city.files.directory / PASSWORD_FILE).read_text().splitlines()
+    password_lines = city.files.listener("devices")[0].read_text().splitlines()
     assert sum(line.startswith(device_prefix) for line in password_lines) == 10_000
     for device_id in (f"{device_prefix}00000", f"{device_prefix}09999"):
         device = Device(device_id, secrets[device_id], city.broker.tls_port, ca=city.certs.ca_cert)
@@ -288,7 +287,7 @@ def test_status_topic_sets_connection_and_last_seen(
     meter = f"{device_prefix}meter"
     secret = city.register([new_record(meter, "meter")])[meter]
     start_ingestor(city.ingest_url, city.db_url)
-    url = f"mqtt://{meter}:{secret}@127.0.0.1:{city.broker.port}"
+    url = f"mqtt://{meter}:{secret}@127.0.0.1:{city.broker.device_port}"
     online_at = datetime.now(UTC).replace(microsecond=0)
 
     def presence() -> tuple[str, datetime | None]:

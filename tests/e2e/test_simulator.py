@@ -119,8 +119,9 @@ def test_simulate_gives_its_fleet_secrets_and_runs_against_a_broker_that_enforce
     start_ingestor(secure.ingest_url, secure.db_url)
     env = {
         "SILOBREAK_DATABASE_URL": secure.db_url,
-        # The plain listener, with no credentials of its own: each device logs in as itself.
-        "SILOBREAK_MQTT_URL": f"mqtt://127.0.0.1:{secure.broker.port}",
+        # The plain device listener, with no credentials of its own: each device logs in as
+        # itself.
+        "SILOBREAK_MQTT_URL": f"mqtt://127.0.0.1:{secure.broker.device_port}",
         "SILOBREAK_BROKER_DIR": str(secure.files.directory),
         "SILOBREAK_REGISTRY_REFRESH": "200ms",  # as the ingestor's
     }

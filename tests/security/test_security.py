@@ -1,6 +1,6 @@
-"""Issue 8's security checks against the real Mosquitto (generated config) and PostgreSQL.
+"""Security checks that held, against the real Mosquitto (generated config) and PostgreSQL.
 
-- a device reads neither another device's topics nor any delivery topic;
+- a device reads neither another device's topics nor any delivery topic, nor `$SYS`;
 - a consumer cannot read another consumer's MQTT delivery topic;
 - secrets and tokens never reach a log line.
 """
@@ -37,7 +37,7 @@ from tests.e2e.harness import query
 from tests.e2e.secure_broker import ACTOR, Device, SecureCity, start_secure_city
 from tests.streams.conftest import write_rows
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.security]
 
 WAIT_S = 20.0
 
@@ -151,26 +151,26 @@ def test_a_device_reads_neither_another_devices_topics_nor_any_delivery(
         streams = add_principal(conn, "streams", "component", actor=ACTOR)
         planning = add_principal(conn, "planning", "team", actor=ACTOR)
     city.sync()
-    port = city.broker.port
+    port, devices, clients = city.broker.port, city.broker.device_port, city.broker.clients_port
 
-    spy = Listener(port, a, secrets[a], a)
+    spy = Listener(devices, a, secrets[a], a)
     controls = {
         "ingest": Listener(port, "component~ingest", ingest, f"{device_prefix}ingest"),
-        "device B": Listener(port, b, secrets[b], b),
-        "planning": Listener(port, "team~planning", planning, f"{device_prefix}planning"),
+        "device B": Listener(devices, b, secrets[b], b),
+        "planning": Listener(clients, "team~planning", planning, f"{device_prefix}planning"),
     }
     publishers = {
-        "lighting": Device(f"{device_prefix}lighting", lighting, port, tls=False,
+        "lighting": Device(f"{device_prefix}lighting", lighting, clients, tls=False,
                            username="service~lighting"),
-        "environment": Device(f"{device_prefix}environment", environment, port, tls=False,
+        "environment": Device(f"{device_prefix}environment", environment, clients, tls=False,
                               username="service~environment"),
         "streams": Device(f"{device_prefix}streams", streams, port, tls=False,
                           username="component~streams"),
-        "B": Device(b, secrets[b], port, tls=False),
+        "B": Device(b, secrets[b], devices, tls=False),
     }  # fmt: skip
     try:
         spy.start([f"devices/{b}/telemetry", f"devices/{b}/commands", "devices/+/telemetry",
-                   "deliveries/#", f"devices/{a}/commands"])  # fmt: skip
+                   "deliveries/#", "$SYS/#", f"devices/{a}/commands"])  # fmt: skip
         controls["ingest"].start(["devices/+/telemetry"])
         controls["device B"].start([f"devices/{b}/commands"])
         controls["planning"].start(["deliveries/planning/#"])
@@ -271,8 +271,9 @@ def test_a_consumer_cannot_read_another_consumers_delivery_topic(
         assert topic.startswith(f"deliveries/{consumer}/")
         return topic
 
-    x = Listener(port, "team~planning", broker_secrets["planning"], f"{p}planning")
-    y = Listener(port, "team~transport", broker_secrets["transport"], f"{p}transport")
+    clients = city.broker.clients_port
+    x = Listener(clients, "team~planning", broker_secrets["planning"], f"{p}planning")
+    y = Listener(clients, "team~transport", broker_secrets["transport"], f"{p}transport")
     try:
         y_topic = subscribe("lighting", "transport", "streetlight", "power_w")
         x.start(["deliveries/transport/#", "deliveries/+/#", "deliveries/planning/#"])
@@ -409,7 +410,7 @@ def test_secrets_and_tokens_never_appear_in_logs(
                                 "SILOBREAK_REGISTRY_REFRESH": "200ms"}, "ingest")  # fmt: skip
     try:
         ingest.wait_for("subscribed")
-        lamp = Device(f"{p}lamp", secrets["devices add"], city.broker.port, tls=False)
+        lamp = Device(f"{p}lamp", secrets["devices add"], city.broker.device_port, tls=False)
         try:
             assert lamp.connect() == 0
             topic = f"devices/{p}lamp/telemetry"
@@ -422,7 +423,7 @@ def test_secrets_and_tokens_never_appear_in_logs(
             lamp.close()
             release(lamp.client)
         # A refused login too: its password must not be logged either.
-        wrong = Device(f"{p}m0", secrets["token"], city.broker.port, tls=False)
+        wrong = Device(f"{p}m0", secrets["token"], city.broker.device_port, tls=False)
         try:
             assert wrong.connect() != 0
         finally:

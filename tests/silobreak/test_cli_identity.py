@@ -140,7 +140,9 @@ def test_broker_sync_watch_rewrites_the_files_when_the_registry_changes(
         ok(cli(tmp_path, "devices", "add", "lamp-9", "--type", "streetlight",
                SILOBREAK_DATABASE_URL=db_url))  # fmt: skip
         assert "broker files written (1 device" in watcher.stderr.readline()
-        assert (broker_dir / "passwd").read_text().splitlines()[-1].startswith("lamp-9:$7$")
+        devices = (broker_dir / "passwd.devices").read_text().splitlines()
+        assert devices[-1].startswith("lamp-9:$7$")
+        assert "lamp-9" not in (broker_dir / "passwd").read_text()  # not on the platform listener
     finally:
         watcher.terminate()
         watcher.wait(30)

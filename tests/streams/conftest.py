@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,6 +37,7 @@ class Town:
     tokens: dict[str, str]
     hook_port: int
     devices: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # id -> type, svc, d
+    app: Any = None  # the FastAPI app serving it (its gateway: app.state.streams)
 
     def http(self, who: str) -> httpx.Client:
         return httpx.Client(
@@ -70,7 +72,21 @@ def write_rows(db_url: str, device_type: str, rows: Sequence[tuple[Any, ...]]) -
 
 @pytest.fixture
 def town(db_url: str, device_prefix: str, mqtt_broker: LocalMosquitto) -> Iterator[Town]:
-    p = device_prefix
+    with running_town(db_url, device_prefix, mqtt_broker) as t:
+        yield t
+
+
+@contextmanager
+def running_town(
+    db_url: str,
+    p: str,
+    mqtt_broker: LocalMosquitto,
+    *,
+    hook_allow: Sequence[str] = ("/hooks/",),
+    **settings: Any,
+) -> Iterator[Town]:
+    """The town's fleet and principals, and the streams API serving them (real uvicorn);
+    `hook_allow`: webhook allow-list paths on the town's hook port."""
     fleet = [
         new_record(f"{p}lamp-n1", "streetlight", district="north", lat=50.1, lon=4.1),
         new_record(f"{p}lamp-n2", "streetlight", district="north", lat=50.2, lon=4.2),
@@ -91,17 +107,19 @@ def town(db_url: str, device_prefix: str, mqtt_broker: LocalMosquitto) -> Iterat
         for name in (*SERVICES, "planning", "data-office"):
             tokens[name] = issue_token(conn, name, ttl=timedelta(days=1), actor=ACTOR).token
     hook_port = free_port()
-    settings = Settings(
-        database_url=db_url,
-        mqtt_url=mqtt_broker.url,
-        streams_poll_interval=timedelta(milliseconds=100),
-        streams_aggregate_grace=timedelta(milliseconds=500),
-        streams_webhook_allow=[f"http://127.0.0.1:{hook_port}/hooks/"],
-        streams_webhook_backoff=timedelta(milliseconds=50),
-        streams_webhook_backoff_max=timedelta(milliseconds=200),
-    )
-    app = create_app(settings)
-    include_all(app, settings)
+    config: dict[str, Any] = {
+        "database_url": db_url,
+        "mqtt_url": mqtt_broker.url,
+        "streams_poll_interval": timedelta(milliseconds=100),
+        "streams_aggregate_grace": timedelta(milliseconds=500),
+        "streams_webhook_allow": [f"http://127.0.0.1:{hook_port}{path}" for path in hook_allow],
+        "streams_webhook_backoff": timedelta(milliseconds=50),
+        "streams_webhook_backoff_max": timedelta(milliseconds=200),
+        **settings,
+    }
+    settings_ = Settings(**config)
+    app = create_app(settings_)
+    include_all(app, settings_)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
@@ -115,6 +133,7 @@ def town(db_url: str, device_prefix: str, mqtt_broker: LocalMosquitto) -> Iterat
         time.sleep(0.02)
     town = Town(db_url, f"http://127.0.0.1:{port}", p, tokens, hook_port)
     town.devices = {r.device_id: (r.device_type, r.service, r.district or "") for r in fleet}
+    town.app = app
     try:
         yield town
     finally:
