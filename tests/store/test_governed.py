@@ -165,27 +165,29 @@ def test_personal_data_stays_out_of_raw_grants_and_pools_below_the_minimum_are_d
 
 
 def test_roles_are_idempotent_and_a_disabled_principal_loses_its_login(
-    db_url: str, store: Conn
+    db_url: str, store: Conn, device_prefix: str
 ) -> None:
-    store.execute("INSERT INTO principals (name, kind) VALUES ('planning', 'team')")
-    roles = {c.role: c for c in ensure_roles(store, passwords={"grafana_planning": "s3cret"})}
-    assert roles["grafana_planning"].created and roles["grafana_planning"].password_set
+    # Roles belong to the whole server: a name of this test's own, so no other test's
+    # `grafana roles` has made it already.
+    team = f"team-{device_prefix.strip('-')}"
+    role = role_for(team)
+    store.execute("INSERT INTO principals (name, kind) VALUES (%s, 'team')", (team,))
+    roles = {c.role: c for c in ensure_roles(store, passwords={role: "s3cret"})}
+    assert roles[role].created and roles[role].password_set
     assert not roles["grafana_lighting"].created
     assert PLATFORM_ROLE in roles
-    stored = store.execute(
-        "SELECT rolpassword FROM pg_authid WHERE rolname = 'grafana_planning'"
-    ).fetchone()
-    assert stored is not None
+    stored = store.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,))
+    verifier = stored.fetchone()
+    assert verifier is not None
     # Stored as sent (a verifier PostgreSQL accepted), not hashed again as if plain text.
-    salt = base64.b64decode(str(stored[0]).split("$")[1].split(":")[1])
-    assert stored[0] == scram_verifier("s3cret", salt=salt)
-    store.execute("UPDATE principals SET disabled_at = now() WHERE name = 'planning'")
+    salt = base64.b64decode(str(verifier[0]).split("$")[1].split(":")[1])
+    assert verifier[0] == scram_verifier("s3cret", salt=salt)
+    store.execute("UPDATE principals SET disabled_at = now() WHERE name = %s", (team,))
     ensure_roles(store)
-    row = store.execute(
-        "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'grafana_planning'"
-    ).fetchone()
-    assert row == (False,)
-    assert count(store, "SELECT count(*) FROM sql_viewers WHERE principal = 'planning'") == 0
+    row = store.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (role,))
+    assert row.fetchone() == (False,)
+    left = store.execute("SELECT count(*) FROM sql_viewers WHERE principal = %s", (team,))
+    assert left.fetchone() == (0,)
     platform = db_url.replace("postgresql://postgres@", f"postgresql://{PLATFORM_ROLE}@", 1)
     with psycopg.connect(platform) as conn:
         assert count(conn, "SELECT count(*) FROM platform_stats") == 0
