@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from devices.catalog import DEVICE_TYPES
 from silobreak.backfill import backfill
 from store.maintain import maintain, refresh_range, run_jobs, set_policy
 from store.read import Selection
@@ -32,7 +33,7 @@ from tests.support.timescale import LocalTimescale
 
 pytestmark = pytest.mark.integration
 
-TYPES = ("streetlight", "traffic_light", "air_sensor", "meter")
+TYPES = tuple(DEVICE_TYPES)
 START = NOW - timedelta(hours=3)
 
 
@@ -88,6 +89,8 @@ def test_migrations_make_hypertables_aggregates_and_their_policies(ts: Conn) -> 
         "readings_traffic_light": timedelta(days=1),
         "readings_air_sensor": timedelta(days=7),
         "readings_meter": timedelta(days=1),
+        "readings_noise_sensor": timedelta(days=1),
+        "readings_parking_bay": timedelta(days=1),
     }
     caggs = fetch(
         ts,
@@ -102,8 +105,8 @@ def test_migrations_make_hypertables_aggregates_and_their_policies(ts: Conn) -> 
         " GROUP BY 1 ORDER BY 1",
     )
     assert jobs == [
-        ("policy_compression", 8),  # raw tables and 1-minute aggregates
-        ("policy_refresh_continuous_aggregate", 8),
+        ("policy_compression", 2 * len(TYPES)),  # raw tables and 1-minute aggregates
+        ("policy_refresh_continuous_aggregate", 2 * len(TYPES)),
         ("silobreak_retention", 1),
     ]
     settings = fetch(
