@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 import psycopg
 
+from devices.catalog import DEVICE_TYPES, activate, active, configured_catalog
 from devices.errors import DevicesError
 from ingest.errors import IngestError
 from silobreak.bench.suite import BENCHMARKS
@@ -74,10 +75,38 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 def _settings(ctx: click.Context) -> Settings:
+    """The settings, loaded once; the catalog they name (SILOBREAK_CATALOG) becomes active."""
     if "settings" not in ctx.obj:
-        ctx.obj["settings"] = load_settings()
-    settings: Settings = ctx.obj["settings"]
-    return settings
+        settings = load_settings()
+        activate(configured_catalog(settings.catalog))
+        ctx.obj["settings"] = settings
+    loaded: Settings = ctx.obj["settings"]
+    return loaded
+
+
+class _DeviceTypeParam(click.ParamType[str]):
+    """A device type of the configured catalog (the shipped one and SILOBREAK_CATALOG's)."""
+
+    name = "device type"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if ctx is not None and ctx.obj is not None:
+            _settings(ctx)
+        if value not in DEVICE_TYPES:
+            self.fail(
+                f"unknown device type {value!r} (one of {', '.join(DEVICE_TYPES)})", param, ctx
+            )
+        return str(value)
+
+
+DEVICE_TYPE = _DeviceTypeParam()
+
+
+def recorded_catalog(settings: Settings) -> None:
+    """A platform process reads the catalog `silobreak migrate` recorded, as every other does."""
+    from store.device_catalog import activate_recorded  # noqa: PLC0415
+
+    activate_recorded(settings.database_url)
 
 
 @contextmanager
@@ -121,7 +150,7 @@ def migrate(ctx: click.Context) -> None:
     from store.migrate import migrate as do_migrate  # noqa: PLC0415
 
     settings = _settings(ctx)
-    applied = do_migrate(settings.database_url, backend=settings.store_backend)
+    applied = do_migrate(settings.database_url, backend=settings.store_backend, catalog=active())
     click.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
 
 
@@ -136,6 +165,7 @@ def ingest(ctx: click.Context) -> None:
     from silobreak.platform_run import run_with_recorder  # noqa: PLC0415
 
     settings = _settings(ctx)
+    recorded_catalog(settings)
     ingestor = Ingestor(ingest_config(settings))
     ingestor.metrics.serve(settings.metrics_host, settings.metrics_port, ingestor.health)
     # With the health figures the platform dashboard reads (platform_stats, every 10 s).

@@ -16,10 +16,10 @@ import click
 import psycopg
 
 from devices.broker_auth import PRINCIPAL_KINDS, principal_username
-from devices.catalog import DEVICE_TYPES, MEDIA
+from devices.catalog import MEDIA
 from devices.geojson import parse_geojson
 from devices.registry import DeviceRecord, new_record, parse_csv
-from silobreak.cli import _db, _emit, _settings, devices, main
+from silobreak.cli import DEVICE_TYPE, _db, _emit, _settings, devices, main
 from silobreak.settings import Settings, SettingsError, parse_duration
 from store import audit
 from store.lifecycle import (
@@ -77,7 +77,7 @@ def apply_to_broker(settings: Settings, conn: psycopg.Connection[Any]) -> None:
 
 @click.command("add")
 @click.argument("device_id")
-@click.option("--type", "device_type", required=True, type=click.Choice(list(DEVICE_TYPES)))
+@click.option("--type", "device_type", required=True, type=DEVICE_TYPE)
 @click.option("--service", help="Owning service (default: the type's usual owner).")
 @click.option("--district")
 @click.option("--lat", type=click.FloatRange(-90, 90))
@@ -139,7 +139,7 @@ def devices_import_geojson(ctx: click.Context, file: Path, secrets_out: Path | N
 
 @click.command("list")
 @click.option("--service")
-@click.option("--type", "device_type", type=click.Choice(list(DEVICE_TYPES)))
+@click.option("--type", "device_type", type=DEVICE_TYPE)
 @click.option("--district")
 @click.option("--lifecycle", type=click.Choice(LIFECYCLES))
 @click.option("--connection", type=click.Choice(CONNECTIONS))

@@ -8,9 +8,8 @@ from typing import Any, Final
 
 import click
 
-from silobreak.cli import _db, _emit, _settings, bench, main, run_async
+from silobreak.cli import DEVICE_TYPE, _db, _emit, _settings, bench, main, run_async
 from silobreak.settings import parse_duration
-from store.schema import READINGS_TABLES
 
 # Rows `query raw` prints unless told otherwise.
 _QUERY_LIMIT: Final = 1000
@@ -205,7 +204,7 @@ def backfill(
 
 @main.command()
 @click.argument("what", type=click.Choice(["latest", "raw", "buckets", "series"]))
-@click.option("--type", "device_type", required=True, type=click.Choice(list(READINGS_TABLES)))
+@click.option("--type", "device_type", required=True, type=DEVICE_TYPE)
 @click.option("--metric", "metrics", multiple=True, help="Repeat for several; default: all.")
 @click.option("--device", "device_ids", multiple=True, help="Repeat for several.")
 @click.option("--service")

@@ -83,7 +83,9 @@ def activate_recorded(conninfo: str) -> Catalog:
         with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
             catalog = recorded_catalog(conn)
     except psycopg.OperationalError as exc:
-        raise StoreUnavailable(f"reading the device catalog: {first_line(exc)}") from exc
+        raise StoreUnavailable(
+            f"database unreachable, reading the device catalog: {first_line(exc)}"
+        ) from exc
     if catalog is None:
         raise MigrationError("the database has no device catalog: run `silobreak migrate`")
     activate(catalog)
