@@ -117,9 +117,13 @@ class Intervals(BaseModel):
     traffic_light: Seconds = 60.0
     air_sensor: Seconds = 120.0
     meter: Seconds = 900.0
+    noise_sensor: Seconds = 60.0
+    parking_bay: Seconds = 300.0
 
     def of(self, device_type: str) -> float:
-        value: float = getattr(self, device_type)
+        value: float | None = getattr(self, device_type, None)
+        if value is None:  # a type of the operator's catalog: its default interval
+            return DEVICE_TYPES[device_type].interval.total_seconds()
         return value
 
 
