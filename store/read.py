@@ -16,7 +16,7 @@ from psycopg import sql
 
 from store.aggregates import LEVELS_BY_NAME, ORIGIN, Level, level_for
 from store.errors import StoreError
-from store.schema import READINGS_TABLES
+from store.schema import RAW_AVG, READINGS_TABLES, STORED_AVG, energy_metrics, energy_weight
 
 Query = tuple[sql.Composed, dict[str, Any]]
 Pool = Literal["device", "district"]
@@ -225,14 +225,17 @@ class _Source:
 
 
 def _raw_source(sel: Selection) -> _Source:
+    energy = energy_metrics(sel.device_type)
     values = sql.SQL(", ").join(
-        sql.SQL("({}, r.{}::float8)").format(sql.Literal(m), sql.Identifier(m))
+        sql.SQL("({}, r.{}::float8, {})").format(
+            sql.Literal(m), sql.Identifier(m), sql.SQL(energy_weight(m, energy))
+        )
         for m in sel.chosen_metrics
     )
-    common = "avg(m.v), min(m.v), max(m.v), count(m.v)::bigint"
+    common = RAW_AVG + ", min(m.v), max(m.v), count(m.v)::bigint"
     return _Source(
         source=sql.Identifier(sel.table),
-        unpivot=sql.SQL("(VALUES {}) AS m(metric, v)").format(values),
+        unpivot=sql.SQL("(VALUES {}) AS m(metric, v, w)").format(values),
         present=sql.SQL("m.v IS NOT NULL"),
         stats=sql.SQL(common + ", (array_agg(m.v ORDER BY r.time DESC))[1]"),
         pooled=sql.SQL(common),
@@ -241,18 +244,20 @@ def _raw_source(sel: Selection) -> _Source:
 
 def _aggregate_source(sel: Selection, level: Level) -> _Source:
     stats = ("sum", "count", "min", "max", "last")
+    energy = energy_metrics(sel.device_type)
     values = sql.SQL(", ").join(
-        sql.SQL("({}, {})").format(
+        sql.SQL("({}, {}, {})").format(
             sql.Literal(m),
             sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(f"{m}_{s}")) for s in stats),
+            sql.Literal(m in energy),
         )
         for m in sel.chosen_metrics
     )
     # Exact for any step the level tiles: sums and counts add up, min/max/last combine.
-    common = "sum(m.s) / nullif(sum(m.c), 0), min(m.lo), max(m.hi), sum(m.c)::bigint"
+    common = STORED_AVG + ", min(m.lo), max(m.hi), sum(m.c)::bigint"
     return _Source(
         source=sql.Identifier(level.view(sel.device_type)),
-        unpivot=sql.SQL("(VALUES {}) AS m(metric, s, c, lo, hi, last)").format(values),
+        unpivot=sql.SQL("(VALUES {}) AS m(metric, s, c, lo, hi, last, e)").format(values),
         present=sql.SQL("m.c > 0"),
         stats=sql.SQL(
             common

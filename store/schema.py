@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from devices.catalog import Catalog, DeviceType, Kind, active
+from devices.catalog import Aggregation, Catalog, DeviceType, Kind, active
 
 _SQL_TYPES: Final = {
     Kind.NUMBER: "float8",
@@ -78,3 +78,27 @@ def _table(t: DeviceType) -> ReadingsTable:
 
 
 READINGS_TABLES: Final[Mapping[str, ReadingsTable]] = _ActiveTables()
+
+
+def energy_metrics(device_type: str) -> frozenset[str]:
+    """The type's sound levels: averaged as energy, their stored sums of 10^(L/10)
+    (docs/store.md, "Sound levels average as energy")."""
+    return frozenset(
+        m.name
+        for m in active().types[device_type].metrics
+        if m.aggregation is Aggregation.ENERGY_MEAN
+    )
+
+
+def energy_weight(metric: str, energy: frozenset[str]) -> str:
+    """SQL of a raw value's sound energy (`r.<metric>`), or NULL for other metrics."""
+    return f'power(10, r."{metric}"::float8 / 10)' if metric in energy else "NULL::float8"
+
+
+# Over unpivoted rows `m`: the energy mean where `m.w` (energy_weight) is set, else the mean.
+RAW_AVG: Final = "coalesce(10 * log10(avg(m.w)), avg(m.v))"
+# Over unpivoted aggregate rows `m` (sum s, count c, energy flag e): exact at any coarser step.
+STORED_AVG: Final = (
+    "CASE WHEN bool_and(m.e) THEN 10 * log10(sum(m.s) / nullif(sum(m.c), 0))"
+    " ELSE sum(m.s) / nullif(sum(m.c), 0) END"
+)

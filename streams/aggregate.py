@@ -19,6 +19,7 @@ from psycopg import sql
 
 from store.aggregates import LEVELS, Level
 from store.aggregates import ORIGIN as STORE_ORIGIN
+from store.schema import RAW_AVG, STORED_AVG, energy_metrics, energy_weight
 from streams.scope import POOL_DISTRICT, Scope
 
 logger = logging.getLogger(__name__)
@@ -66,33 +67,37 @@ def bucket_query(
     None for raw rows. Parameters to add: start, end, interval (timedelta), limit, and the
     key (k_bucket, k_group, k_metric; k_bucket NULL for the first page).
     """
+    energy = energy_metrics(scope.device_type)
     if level is None:
         where, params = scope.where()
         values = sql.SQL(", ").join(
-            sql.SQL("({}, r.{}::float8)").format(sql.Literal(m), sql.Identifier(m))
+            sql.SQL("({}, r.{}::float8, {})").format(
+                sql.Literal(m), sql.Identifier(m), sql.SQL(energy_weight(m, energy))
+            )
             for m in scope.metrics
         )
         time = sql.SQL("r.time")
         source = sql.Identifier(scope.table)
-        unpivot = sql.SQL("(VALUES {}) AS m(metric, value)").format(values)
-        stats = sql.SQL("avg(m.value), min(m.value), max(m.value), count(m.value)")
-        present = sql.SQL("m.value IS NOT NULL")
+        unpivot = sql.SQL("(VALUES {}) AS m(metric, v, w)").format(values)
+        stats = sql.SQL(RAW_AVG + ", min(m.v), max(m.v), count(m.v)")
+        present = sql.SQL("m.v IS NOT NULL")
     else:
         where, params = scope.where(_counted)
         values = sql.SQL(", ").join(
-            sql.SQL("({}, {})").format(
+            sql.SQL("({}, {}, {})").format(
                 sql.Literal(m),
                 sql.SQL(", ").join(
                     sql.SQL("r.{}").format(sql.Identifier(f"{m}_{stat}"))
                     for stat in ("sum", "count", "min", "max")
                 ),
+                sql.Literal(m in energy),
             )
             for m in scope.metrics
         )
         time = sql.SQL("r.bucket")
         source = sql.Identifier(level.view(scope.device_type))
-        unpivot = sql.SQL("(VALUES {}) AS m(metric, s, c, lo, hi)").format(values)
-        stats = sql.SQL("sum(m.s) / sum(m.c)::float8, min(m.lo), max(m.hi), sum(m.c)::bigint")
+        unpivot = sql.SQL("(VALUES {}) AS m(metric, s, c, lo, hi, e)").format(values)
+        stats = sql.SQL(STORED_AVG + ", min(m.lo), max(m.hi), sum(m.c)::bigint")
         present = sql.SQL("m.c > 0")
     pooled = scope.grant.pool == POOL_DISTRICT
     group = sql.SQL("coalesce(d.district, '')" if pooled else "r.device_id")

@@ -299,3 +299,14 @@ def test_sound_levels_average_as_energy_on_both_backends(
                 assert [s for _, _, s in minutes] == [pytest.approx(1.01e8), pytest.approx(1e7)]
                 ((avg, count, total),) = fetch(conn, level_sql.format("agg_1h_noise_sensor"), dev)
                 assert (avg, count, total) == (pytest.approx(hour), 3, pytest.approx(1.11e8))
+                # The read interface: raw rows (30 s), the 1-minute and the 1-hour level.
+                reader = StoreReader(conn)
+                sel = Selection("noise_sensor", ("laeq",), device_ids=(dev,))
+                hour_start = at.replace(minute=0)
+                for step, want in (
+                    (timedelta(seconds=30), [60.0, 80.0, 70.0]),
+                    (timedelta(minutes=1), [minute, 70.0]),
+                    (timedelta(hours=1), [hour]),
+                ):
+                    got = reader.buckets(sel, hour_start, hour_start + timedelta(hours=1), step)
+                    assert [b.avg for b in got] == [pytest.approx(w) for w in want], step
