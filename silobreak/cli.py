@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import logging
@@ -90,8 +91,8 @@ class _DeviceTypeParam(click.ParamType[str]):
     name = "device type"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        if ctx is not None and ctx.obj is not None:
-            _settings(ctx)
+        if ctx is not None and ctx.obj is not None and value not in DEVICE_TYPES:
+            store_catalog(ctx)
         if value not in DEVICE_TYPES:
             self.fail(
                 f"unknown device type {value!r} (one of {', '.join(DEVICE_TYPES)})", param, ctx
@@ -102,7 +103,14 @@ class _DeviceTypeParam(click.ParamType[str]):
 DEVICE_TYPE = _DeviceTypeParam()
 
 
-def recorded_catalog(settings: Settings) -> None:
+def store_catalog(ctx: click.Context) -> None:
+    """Read the types the store was migrated for when it can be reached (a type added from an
+    operator's catalog file is known without the file); otherwise keep the configured ones."""
+    with contextlib.suppress(StoreError, psycopg.Error), _db(_settings(ctx)):
+        pass
+
+
+def use_recorded_catalog(settings: Settings) -> None:
     """A platform process reads the catalog `silobreak migrate` recorded, as every other does."""
     from store.device_catalog import activate_recorded  # noqa: PLC0415
 
@@ -119,6 +127,12 @@ def _db(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
             f"database unreachable ({first}); check SILOBREAK_DATABASE_URL"
         ) from None
     with conn:
+        # Commands that touch the store read the types it was migrated for.
+        from store.device_catalog import recorded_catalog  # noqa: PLC0415
+
+        catalog = recorded_catalog(conn)
+        if catalog is not None:
+            activate(catalog)
         yield conn
 
 
@@ -165,7 +179,7 @@ def ingest(ctx: click.Context) -> None:
     from silobreak.platform_run import run_with_recorder  # noqa: PLC0415
 
     settings = _settings(ctx)
-    recorded_catalog(settings)
+    use_recorded_catalog(settings)
     ingestor = Ingestor(ingest_config(settings))
     ingestor.metrics.serve(settings.metrics_host, settings.metrics_port, ingestor.health)
     # With the health figures the platform dashboard reads (platform_stats, every 10 s).

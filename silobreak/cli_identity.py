@@ -19,7 +19,7 @@ from devices.broker_auth import PRINCIPAL_KINDS, principal_username
 from devices.catalog import MEDIA
 from devices.geojson import parse_geojson
 from devices.registry import DeviceRecord, new_record, parse_csv
-from silobreak.cli import DEVICE_TYPE, _db, _emit, _settings, devices, main
+from silobreak.cli import DEVICE_TYPE, _db, _emit, _settings, devices, main, store_catalog
 from silobreak.settings import Settings, SettingsError, parse_duration
 from store import audit
 from store.lifecycle import (
@@ -121,7 +121,7 @@ def devices_add(
 @click.pass_context
 def devices_import(ctx: click.Context, file: Path, secrets_out: Path | None, fmt: str) -> None:
     """Import devices from CSV or GeoJSON; all or nothing, credentials in the same step."""
-    records = _parse(file, fmt)
+    records = _parse(ctx, file, fmt)
     _import(ctx, file, records, secrets_out)
 
 
@@ -134,7 +134,7 @@ def devices_import(ctx: click.Context, file: Path, secrets_out: Path | None, fmt
 @click.pass_context
 def devices_import_geojson(ctx: click.Context, file: Path, secrets_out: Path | None) -> None:
     """Import a GeoJSON FeatureCollection (Point features, registry columns as properties)."""
-    _import(ctx, file, _parse(file, "geojson"), secrets_out)
+    _import(ctx, file, _parse(ctx, file, "geojson"), secrets_out)
 
 
 @click.command("list")
@@ -414,7 +414,8 @@ def token_list(ctx: click.Context, principal: str | None, fmt: str) -> None:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _parse(file: Path, fmt: str) -> list[DeviceRecord]:
+def _parse(ctx: click.Context, file: Path, fmt: str) -> list[DeviceRecord]:
+    store_catalog(ctx)
     text = file.read_text(encoding="utf-8-sig")
     geojson = fmt == "geojson" or (fmt == "auto" and file.suffix.lower() in _GEOJSON_SUFFIXES)
     return parse_geojson(text) if geojson else parse_csv(text)

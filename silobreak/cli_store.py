@@ -8,7 +8,16 @@ from typing import Any, Final
 
 import click
 
-from silobreak.cli import DEVICE_TYPE, _db, _emit, _settings, bench, main, run_async
+from silobreak.cli import (
+    DEVICE_TYPE,
+    _db,
+    _emit,
+    _settings,
+    bench,
+    main,
+    run_async,
+    use_recorded_catalog,
+)
 from silobreak.settings import parse_duration
 
 # Rows `query raw` prints unless told otherwise.
@@ -51,6 +60,7 @@ def maintain(ctx: click.Context, watch: bool, retention: bool) -> None:
     from silobreak.upkeep import maintain_once, maintenance_loop  # noqa: PLC0415
 
     settings = _settings(ctx)
+    use_recorded_catalog(settings)
     if not watch:
         click.echo(maintain_once(settings, retention=retention))
         return
@@ -173,6 +183,7 @@ def backfill(
     settings = _settings(ctx)
     if (file is None) == (period is None):
         raise click.UsageError("give either FILE or --simulate PERIOD")
+    use_recorded_catalog(settings)
     if file is not None:
         report = load(
             settings.database_url,
@@ -290,6 +301,7 @@ def mirror(ctx: click.Context, once: bool, from_now: bool, show_status: bool) ->
     from store.mirror import InfluxMirror  # noqa: PLC0415
 
     settings = _settings(ctx)
+    use_recorded_catalog(settings)
     config = mirror_config(settings, from_beginning=not from_now)
     if show_status:
         click.echo(run_async(lambda _stop: _mirror_status(settings.database_url, config.name)))

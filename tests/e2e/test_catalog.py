@@ -1,9 +1,9 @@
 """Adding a device type is data: a catalog file and `silobreak migrate`, no code change.
 
 The new type goes the whole way: migrate creates its objects in an existing database and
-records the catalog; `silobreak ingest` and `silobreak streams`, started without the file,
-read that catalog from the database, validate and store its telemetry, and serve it under a
-grant.
+records the catalog; `silobreak devices add`, `silobreak ingest` and `silobreak streams`,
+started without the file, read that catalog from the database: they register the device,
+validate and store its telemetry, and serve it under a grant.
 """
 
 from __future__ import annotations
@@ -20,11 +20,9 @@ import httpx
 import psycopg
 import pytest
 
-from devices.catalog import activated, configured_catalog
-from devices.registry import new_record
 from silobreak.local import LocalMosquitto, free_port
 from store.principals import add_principal, issue_token
-from tests.e2e.harness import REPO, IngestProcess, publish, query, register, wait_until
+from tests.e2e.harness import REPO, IngestProcess, publish, query, wait_until
 
 WASTE_BIN = """
 [[types]]
@@ -97,9 +95,16 @@ def test_a_type_added_by_a_catalog_file_is_ingested_stored_and_read_back_under_a
     )  # fmt: skip
     assert again.stdout.strip() == "schema is up to date"
 
+    # Registered without the file: the CLI reads the types the store was migrated for.
     bin_id = f"{device_prefix}bin-1"
-    with activated(configured_catalog(catalog_file)):
-        register(db_url, [new_record(bin_id, "waste_bin", district="north")])
+    plain = {k: v for k, v in env.items() if k != "SILOBREAK_CATALOG"}
+    added = subprocess.run(
+        [sys.executable, "-m", "silobreak", "devices", "add", bin_id, "--type", "waste_bin",
+         "--district", "north"],
+        env=plain, cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert f"registered {bin_id} (waste_bin, cleansing)" in added.stdout
     with psycopg.connect(db_url, autocommit=True) as conn:
         for name, kind in (("cleansing", "service"), ("planning", "team")):
             add_principal(conn, name, kind, actor="test")
