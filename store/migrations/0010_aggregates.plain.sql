@@ -9,7 +9,7 @@
 -- agg_1m_<type> / agg_1h_<type> read the rollups below a watermark and aggregate raw rows
 -- above it, as TimescaleDB's real-time aggregates do: a reading older than the watermark
 -- shows once the next refresh has run (a late reading, as on TimescaleDB).
--- Generated from devices/catalog.py; a new metric needs a new migration.
+-- The per-type parts are generated from the device catalog by store/ddl (docs/store.md).
 
 -- One row per readings table: the last refresh's snapshot (rows committed before it are in
 -- the rollups) and the watermark below which the views read the rollups.

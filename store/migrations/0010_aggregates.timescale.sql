@@ -6,7 +6,7 @@
 -- max, count, sum and last (the value at the latest reading time that has the metric);
 -- `sum` makes 1-hour, coarser and pooled averages exact (sum / count). The plain backend's
 -- rollup views (0010_aggregates.plain.sql) have the same names, columns and answers.
--- Generated from devices/catalog.py; a new metric needs a new migration.
+-- The per-type parts are generated from the device catalog by store/ddl (docs/store.md).
 
 -- Chunk interval, from the expected rate (docs/store.md has the arithmetic): a scaled-up
 -- city of ~30,000 devices writes ~700 MB a day (rows and primary key) into streetlights,

@@ -10,8 +10,8 @@
 --   * in district_agg_1h_<type>, what its grants pooled per district allow, over at least
 --     the pool minimum of devices (store_settings `streams_min_pool`, 5 by default).
 -- Grants are read at query time: approving, revoking or expiring one takes effect at once.
--- Generated from devices/catalog.py; a new metric needs a new migration
--- (tests/store/test_governed.py checks the columns against the tables).
+-- The per-type parts are generated from the device catalog by store/ddl (docs/store.md;
+-- tests/store/test_governed.py checks the columns against the tables).
 
 CREATE SCHEMA governed;
 

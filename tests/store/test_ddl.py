@@ -9,11 +9,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from devices.catalog import SHIPPED, catalog_from_document
+from devices.catalog import SHIPPED, activated, catalog_from_document
+from devices.registry import new_record
 from store import ddl
 from store.device_catalog import V1_TYPES
 from store.errors import MigrationError
 from store.migrate import Backend, migrate, migrations_for
+from store.registry import upsert_devices
+from tests.store.store_helpers import NOW, write
 
 # The per-type migrations as they were written by hand for device catalog v1.
 V1_DIR = Path(__file__).parent / "ddl_v1"
@@ -146,3 +149,38 @@ def _schema(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
         "indexes": indexes,
         "rows": rows,
     }
+
+
+def test_a_type_whose_metrics_are_sql_key_words_is_created_written_and_read(
+    db_url: str, device_prefix: str
+) -> None:
+    extra = catalog_from_document(
+        {
+            "types": [
+                {
+                    "name": "odd_sensor", "service": "environment", "description": "Odd.",
+                    "metrics": [
+                        {"name": n, "kind": "number", "description": n}
+                        for n in ("full", "order", "user", "left", "value")
+                    ],
+                }
+            ]
+        }
+    )  # fmt: skip
+    catalog = SHIPPED.extended(extra)
+    assert migrate(db_url, catalog=catalog) == ["device type odd_sensor"]
+    dev = f"{device_prefix}odd-1"
+    with activated(catalog):
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            upsert_devices(conn, [new_record(dev, "odd_sensor")])
+        write(db_url, {"odd_sensor": [(NOW, dev, "environment", 1.0, 2.0, 3.0, 4.0, 5.0)]})
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT metric, value FROM readings WHERE device_id = %s ORDER BY value", (dev,)
+        ).fetchall()
+        assert rows == [("full", 1.0), ("order", 2.0), ("user", 3.0), ("left", 4.0), ("value", 5.0)]
+        conn.execute("SELECT silobreak_refresh_rollups('0 seconds')")
+        hour = conn.execute(
+            'SELECT "order_avg", user_count FROM agg_1h_odd_sensor WHERE device_id = %s', (dev,)
+        ).fetchall()
+        assert hour == [(2.0, 1)]
