@@ -77,6 +77,27 @@ def record_catalog(conn: psycopg.Connection[Any], catalog: Catalog) -> bool:
     return True
 
 
+async def catalog_version(conn: psycopg.AsyncConnection[Any]) -> int | None:
+    """The recorded catalog's version (None: not migrated yet)."""
+    exists = await (await conn.execute("SELECT to_regclass('device_catalog')")).fetchone()
+    if exists is None or exists[0] is None:
+        return None
+    row = await (await conn.execute("SELECT version FROM device_catalog")).fetchone()
+    return None if row is None else int(row[0])
+
+
+async def adopt_recorded_catalog(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Make the database's catalog this process's, if it has one (a running process)."""
+    exists = await (await conn.execute("SELECT to_regclass('device_catalog')")).fetchone()
+    if exists is None or exists[0] is None:
+        return
+    row = await (await conn.execute("SELECT document FROM device_catalog")).fetchone()
+    if row is not None:
+        catalog = catalog_from_document(row[0], source="the catalog recorded in the database")
+        activate(catalog)
+        logger.info("device catalog reloaded: %s", ", ".join(catalog.types))
+
+
 def activate_recorded(conninfo: str) -> Catalog:
     """Make the database's catalog this process's (at start-up of ingest or the streams API)."""
     try:

@@ -1,9 +1,9 @@
 """Adding a device type is data: a catalog file and `silobreak migrate`, no code change.
 
 The new type goes the whole way: migrate creates its objects in an existing database and
-records the catalog; `silobreak devices add`, `silobreak ingest` and `silobreak streams`,
-started without the file, read that catalog from the database: they register the device,
-validate and store its telemetry, and serve it under a grant.
+records the catalog; `silobreak devices add` and `silobreak streams`, started without the
+file, and `silobreak ingest`, already running, read that catalog from the database: they
+register the device, validate and store its telemetry, and serve it under a grant.
 """
 
 from __future__ import annotations
@@ -82,6 +82,9 @@ def test_a_type_added_by_a_catalog_file_is_ingested_stored_and_read_back_under_a
     start_ingestor: Callable[..., IngestProcess],
     streams_api: Callable[[str, str], str],
 ) -> None:
+    # Ingest and the API run before the type exists, as in a city that adds one.
+    ingest = start_ingestor(broker.url, db_url)
+    base = streams_api(broker.url, db_url)
     env = {**os.environ, "SILOBREAK_DATABASE_URL": db_url, "SILOBREAK_CATALOG": str(catalog_file)}
     migrated = subprocess.run(
         [sys.executable, "-m", "silobreak", "migrate"],
@@ -113,7 +116,11 @@ def test_a_type_added_by_a_catalog_file_is_ingested_stored_and_read_back_under_a
             for name in ("cleansing", "planning")
         }
 
-    start_ingestor(broker.url, db_url)
+    # Registering the device makes the running ingestor reload the registry, and with it the
+    # catalog recorded in the database.
+    reloaded = ingest.wait_for_log("device catalog reloaded")
+    assert "waste_bin" in ingest.lines[reloaded]
+    ingest.wait_for_log("registry reloaded", start=reloaded)
     now = datetime.now(UTC).replace(microsecond=0)
     times = [now - timedelta(minutes=30 * k) for k in (3, 2, 1)]
     fills = [20.0, 55.5, 91.0]
@@ -139,20 +146,26 @@ def test_a_type_added_by_a_catalog_file_is_ingested_stored_and_read_back_under_a
     assert stored == [(t, "cleansing", f, int(f > 90)) for t, f in zip(times, fills, strict=True)]
     assert query(db_url, "SELECT reason FROM rejected_messages") == [("schema_violation",)]
 
-    base = streams_api(broker.url, db_url)
     with httpx.Client(base_url=base, timeout=30) as http:
         owner = {"Authorization": f"Bearer {tokens['cleansing']}"}
         reader = {"Authorization": f"Bearer {tokens['planning']}"}
-        grant = http.post(
-            "/v1/grants",
-            headers=owner,
-            json={
-                "owner": "cleansing", "consumer": "planning", "device_types": ["waste_bin"],
-                "metrics": ["fill_pct"], "granularity": "raw", "purpose": "collection rounds",
-                "expires_at": (now + timedelta(days=1)).isoformat(),
-            },
-        )  # fmt: skip
+        body = {
+            "owner": "cleansing", "consumer": "planning", "device_types": ["waste_bin"],
+            "metrics": ["fill_pct"], "granularity": "raw", "purpose": "collection rounds",
+            "expires_at": (now + timedelta(days=1)).isoformat(),
+        }  # fmt: skip
+        # The running API adopts the recorded catalog within its poll (5 s); until then the
+        # type is unknown to it and the request is refused with that reason.
+        answers: list[httpx.Response] = []
+
+        def known() -> bool:
+            answers.append(http.post("/v1/grants", headers=owner, json=body))
+            return answers[-1].status_code != 422
+
+        wait_until(known, 30, "the API to know waste_bin", interval=0.5)
+        grant = answers[-1]
         assert grant.status_code == 201, grant.text
+        assert all("unknown device type 'waste_bin'" in a.text for a in answers[:-1])
         start = (now - timedelta(hours=3)).isoformat()
         page = http.get(
             "/v1/history", headers=reader, params={"start": start, "grant_id": grant.json()["id"]}
