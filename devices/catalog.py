@@ -128,7 +128,8 @@ def catalog_from_document(doc: object, *, source: str = "catalog") -> Catalog:
     except ValidationError as exc:
         raise CatalogError(f"{source}: {_first_error(exc)}") from None
     types = MappingProxyType({t.name: t.build() for t in parsed.types})
-    return Catalog(types, parsed.model_dump(mode="json", exclude_defaults=True))
+    # Every field, defaults included: the recorded document means the same to a later version.
+    return Catalog(types, parsed.model_dump(mode="json"))
 
 
 def load_catalog(path: Path) -> Catalog:

@@ -36,9 +36,8 @@ class Migration:
 
 
 def migrations_for(backend: Backend, types: Sequence[DeviceType] | None = None) -> list[Migration]:
-    """Every migration that applies to `backend`, in version order, generated for `types`
-
-    (the active catalog's by default)."""
+    """Every migration that applies to `backend`, in version order, its per-type parts
+    generated for `types` (the active catalog's by default)."""
     types = list(active().types.values()) if types is None else types
     found: dict[int, Migration] = {}
     for entry in resources.files("store.migrations").iterdir():
@@ -75,7 +74,9 @@ def migrate(
                 check_compatible(have, wanted)
             types = list(wanted.types.values()) if have is None else have
             applied = _apply(conn, chosen, types)
-            return applied + _add_types(conn, chosen, types, wanted)
+            added = _add_types(conn, chosen, types, wanted)
+            # A fresh database records its first catalog: nothing to say beyond the migrations.
+            return applied + added if not applied or have is not None else applied
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
 
