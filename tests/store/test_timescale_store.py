@@ -90,7 +90,7 @@ def test_migrations_make_hypertables_aggregates_and_their_policies(ts: Conn) -> 
         "readings_traffic_light": timedelta(days=1),
         "readings_air_sensor": timedelta(days=7),
         "readings_meter": timedelta(days=1),
-        "readings_noise_sensor": timedelta(days=1),
+        "readings_noise_sensor": timedelta(days=7),
         "readings_parking_bay": timedelta(days=1),
     }
     caggs = fetch(
