@@ -16,6 +16,7 @@ from store.device_catalog import V1_TYPES
 from store.errors import MigrationError
 from store.migrate import Backend, migrate, migrations_for
 from store.registry import upsert_devices
+from store.sql_roles import ensure_roles
 from tests.store.store_helpers import NOW, write
 
 # The per-type migrations as they were written by hand for device catalog v1.
@@ -184,3 +185,51 @@ def test_a_type_whose_metrics_are_sql_key_words_is_created_written_and_read(
             'SELECT "order_avg", user_count FROM agg_1h_odd_sensor WHERE device_id = %s', (dev,)
         ).fetchall()
         assert hour == [(2.0, 1)]
+
+
+def test_the_existing_viewer_roles_read_a_type_added_later_under_the_same_rules(
+    db_url: str, device_prefix: str
+) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        upsert_devices(conn, [new_record(f"{device_prefix}air-1", "air_sensor")])
+        ensure_roles(conn)
+    extra = catalog_from_document(
+        {
+            "types": [
+                {
+                    "name": "bin_sensor", "service": "environment", "description": "Bins.",
+                    "metrics": [{"name": "fill", "kind": "number", "description": "Fill."}],
+                }
+            ]
+        }
+    )  # fmt: skip
+    catalog = SHIPPED.extended(extra)
+    migrate(db_url, catalog=catalog)
+    with activated(catalog):
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            upsert_devices(
+                conn,
+                [
+                    new_record(f"{device_prefix}bin-1", "bin_sensor"),
+                    new_record(f"{device_prefix}bin-2", "bin_sensor", "lighting"),
+                ],
+            )
+        write(
+            db_url,
+            {
+                "bin_sensor": [
+                    (NOW, f"{device_prefix}bin-1", "environment", 40.0),
+                    (NOW, f"{device_prefix}bin-2", "lighting", 60.0),
+                ]
+            },
+        )
+    viewer = db_url.replace("postgresql://postgres@", "postgresql://grafana_environment@", 1)
+    with psycopg.connect(viewer, autocommit=True) as conn:
+        # Its own bin, not lighting's (no grant), through the governed views.
+        rows = conn.execute(
+            "SELECT device_id, fill FROM readings_bin_sensor WHERE device_id LIKE %s",
+            (f"{device_prefix}%",),
+        ).fetchall()
+        assert rows == [(f"{device_prefix}bin-1", 40.0)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT count(*) FROM public.readings_bin_sensor")
