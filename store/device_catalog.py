@@ -20,7 +20,7 @@ V1_TYPES: Final = ("streetlight", "traffic_light", "air_sensor", "meter")
 
 
 def recorded_catalog(conn: psycopg.Connection[Any]) -> Catalog | None:
-    """The catalog `silobreak migrate` recorded, or None (not migrated, or before 0050)."""
+    """The catalog `silobreak migrate` recorded, or None (not migrated, or before 0051)."""
     exists = conn.execute("SELECT to_regclass('device_catalog') IS NOT NULL").fetchone()
     if exists is None or not exists[0]:
         return None

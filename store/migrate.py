@@ -157,7 +157,14 @@ def _add_types(
     new = [name for name in wanted.types if name not in {t.name for t in have}]
     try:
         with conn.transaction():
-            script = ddl.added_types(have, list(wanted.types.values()), backend)
+            # A store that pools from a ledger (pooled_buckets) has no per-type pool views.
+            ledger = conn.execute("SELECT to_regclass('pooled_buckets') IS NOT NULL").fetchone()
+            script = ddl.added_types(
+                have,
+                list(wanted.types.values()),
+                backend,
+                district_views=not (ledger and ledger[0]),
+            )
             if script:
                 conn.execute(script.encode())
             changed = record_catalog(conn, wanted)

@@ -33,6 +33,7 @@ SECTIONS: Final[dict[str, Section]] = {
     "compression": lambda types, _: aggregates_timescale.compression(types),
     "governed_types": lambda types, _: governed.types(types),
     "governed_readings": lambda types, _: governed.readings(types),
+    "drop_district_views": lambda types, _: governed.drop_district_views(types),
 }
 _MARKER: Final = re.compile(r"\{\{([a-z_]+)\}\}")
 
@@ -49,8 +50,15 @@ def render(template: str, types: Sequence[DeviceType], backend: Backend) -> str:
     return _MARKER.sub(fill, template)
 
 
-def added_types(before: Sequence[DeviceType], after: Sequence[DeviceType], backend: Backend) -> str:
-    """SQL that takes a database from catalog `before` to `after` (types only added)."""
+def added_types(
+    before: Sequence[DeviceType],
+    after: Sequence[DeviceType],
+    backend: Backend,
+    *,
+    district_views: bool = True,
+) -> str:
+    """SQL that takes a database from catalog `before` to `after` (types only added);
+    `district_views`: the store still has 0031's per-type district pool views."""
     new = [t for t in after if t.name not in {b.name for b in before}]
     if not new:
         return ""
@@ -74,7 +82,7 @@ def added_types(before: Sequence[DeviceType], after: Sequence[DeviceType], backe
         ]
     parts += [
         readings.retention_targets(new, backend),
-        governed.types(new),
+        governed.types(new, district_views=district_views),
         governed.readings(after, replace=True),
         governed.grant_viewers(new),
     ]

@@ -13,9 +13,15 @@ from store.ddl.readings import narrow_view
 _HEADER_WIDTH: Final = 92
 
 
-def types(types: Sequence[DeviceType]) -> str:
-    """Per type: governed raw readings, 1-minute and 1-hour aggregates, district pools."""
-    return "\n\n\n".join(_section(t) for t in types)
+def types(types: Sequence[DeviceType], *, district_views: bool = True) -> str:
+    """Per type: governed raw readings, 1-minute and 1-hour aggregates, and (as 0031 made
+    them) the per-type district pools."""
+    return "\n\n\n".join(_section(t, district_views) for t in types)
+
+
+def drop_district_views(types: Sequence[DeviceType]) -> str:
+    """The per-type district pool views dropped, for a store that pools from a ledger."""
+    return "\n".join(f"DROP VIEW governed.district_agg_1h_{t.name};" for t in types)
 
 
 def readings(types: Sequence[DeviceType], *, replace: bool = False) -> str:
@@ -39,21 +45,12 @@ def grant_viewers(types: Sequence[DeviceType]) -> str:
     )
 
 
-def _section(t: DeviceType) -> str:
+def _section(t: DeviceType, district_views: bool) -> str:
     head = f"-- {t.name} "
-    return (
-        head
-        + "-" * (_HEADER_WIDTH - len(head))
-        + "\n"
-        + "\n\n".join(
-            (
-                _raw(t),
-                _per_device(t, "1m", "60"),
-                _per_device(t, "1h", "3600"),
-                _district(t),
-            )
-        )
-    )
+    views = [_raw(t), _per_device(t, "1m", "60"), _per_device(t, "1h", "3600")]
+    if district_views:
+        views.append(_district(t))
+    return head + "-" * (_HEADER_WIDTH - len(head)) + "\n" + "\n\n".join(views)
 
 
 def _metrics_unnest(t: DeviceType) -> str:

@@ -61,7 +61,7 @@ def test_a_v1_database_gains_the_new_types_and_then_has_a_fresh_databases_schema
     assert "public.readings_meter" in before
     assert "public.readings_noise_sensor" not in before
     applied = migrate(empty_db_url)
-    assert applied == ["0050_device_catalog", "device type noise_sensor", "device type parking_bay"]
+    assert applied == ["0051_device_catalog", "device type noise_sensor", "device type parking_bay"]
     assert migrate(empty_db_url) == []
     with psycopg.connect(empty_db_url) as upgraded, psycopg.connect(db_url) as fresh:
         got, want = _schema(upgraded), _schema(fresh)
@@ -90,7 +90,7 @@ def _migrate_as_v1(url: str) -> None:
             " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
         )
         for m in migrations_for("plain", V1):
-            if m.version >= 50:
+            if m.version >= 51:
                 break
             by_hand = [V1_DIR / f"{m.version:04d}_{m.name}{ext}" for ext in (".sql", ".plain.sql")]
             text = next((p.read_text() for p in by_hand if p.exists()), m.sql)
@@ -233,3 +233,33 @@ def test_the_existing_viewer_roles_read_a_type_added_later_under_the_same_rules(
         assert rows == [(f"{device_prefix}bin-1", 40.0)]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT count(*) FROM public.readings_bin_sensor")
+
+
+def test_a_store_that_pools_from_a_ledger_gets_no_per_type_pool_view_for_a_new_type(
+    db_url: str,
+) -> None:
+    # The read path's pooled ledger replaces 0031's per-type district views (it drops the
+    # ones it finds with the `drop_district_views` section); a type added later gets none.
+    assert ddl.SECTIONS["drop_district_views"](V1[:2], "plain") == (
+        "DROP VIEW governed.district_agg_1h_streetlight;\n"
+        "DROP VIEW governed.district_agg_1h_traffic_light;"
+    )
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE pooled_buckets (device_type text)")
+    extra = catalog_from_document(
+        {
+            "types": [
+                {
+                    "name": "bin_sensor", "service": "environment", "description": "Bins.",
+                    "metrics": [{"name": "fill", "kind": "number", "description": "Fill."}],
+                }
+            ]
+        }
+    )  # fmt: skip
+    migrate(db_url, catalog=SHIPPED.extended(extra))
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        views = conn.execute(
+            "SELECT to_regclass('governed.agg_1h_bin_sensor') IS NOT NULL,"
+            " to_regclass('governed.district_agg_1h_bin_sensor') IS NOT NULL"
+        ).fetchone()
+    assert views == (True, False)
