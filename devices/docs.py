@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 
-from devices.catalog import DEVICE_TYPES, MEDIA, Kind, MetricSpec, default_service
+from devices.catalog import DEVICE_TYPES, Aggregation, DeviceType, Kind, MetricSpec
 
 
 def render() -> str:
     """The whole of docs/devices.md."""
     out = [
-        "# Device catalog v1",
+        "# Device catalog",
         "",
-        "Generated from `devices/catalog.py` by `silobreak docs devices`; do not edit by hand.",
+        "Generated from `devices/catalog.toml` by `silobreak docs devices`; do not edit by hand.",
+        "Catalog v1 is the first four types; later types are added the same way an operator adds",
+        'one (docs/store.md, "Device types as data").',
         "",
         'Devices publish JSON `{"ts": ..., "seq": ..., "metrics": {...}}` or a SenML (RFC 8428)',
         "array on `devices/{device_id}/telemetry`. A message may carry any subset of its type's",
@@ -27,7 +29,8 @@ def render() -> str:
             "",
             dtype.description,
             "",
-            f"Default owning service: `{_services(dtype.name)}`."
+            f"Default owning service: {_services(dtype)}."
+            f" Reports every {_every(dtype)} by default."
             + (
                 " Personal data by default (shared only as pooled aggregates)."
                 if dtype.personal_data_default
@@ -52,10 +55,19 @@ def render() -> str:
     return "\n".join(out)
 
 
-def _services(device_type: str) -> str:
-    if device_type == "meter":
-        return ", ".join(f"{default_service('meter', m)} ({m})" for m in MEDIA)
-    return default_service(device_type)
+def _services(dtype: DeviceType) -> str:
+    if dtype.service_by_medium:
+        return ", ".join(f"`{svc}` ({medium})" for medium, svc in dtype.service_by_medium.items())
+    return f"`{dtype.default_service}`"
+
+
+def _every(dtype: DeviceType) -> str:
+    seconds = int(dtype.interval.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0:
+            n = seconds // size
+            return f"{unit}" if n == 1 else f"{n} {unit}s"
+    return f"{seconds} s"
 
 
 def _row(m: MetricSpec) -> str:
@@ -69,7 +81,12 @@ def _row(m: MetricSpec) -> str:
         rng = "`true`, `false`"
     else:
         rng = _range(m.minimum, m.maximum)
-    return f"| `{m.name}` | {m.kind.value} | {unit} | {rng} | {m.description} |"
+    mean = (
+        " Averaged as sound energy (energy mean)."
+        if m.aggregation is Aggregation.ENERGY_MEAN
+        else ""
+    )
+    return f"| `{m.name}` | {m.kind.value} | {unit} | {rng} | {m.description}{mean} |"
 
 
 def _range(lo: float, hi: float) -> str:

@@ -13,3 +13,7 @@ class RegistryImportError(DevicesError):
         lines = "; ".join(f"line {n}: {why}" for n, why in problems[:20])
         more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
         super().__init__(f"{len(problems)} bad row(s), nothing imported: {lines}{more}")
+
+
+class CatalogError(DevicesError):
+    """A device catalog file (or the one recorded in the database) is not a valid catalog."""

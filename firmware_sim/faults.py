@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Final, Literal
 
+from devices.catalog import DEVICE_TYPES
 from firmware_sim.draws import Stream, uniform
 from firmware_sim.scenario import Faults
 
@@ -35,6 +36,8 @@ _OUT_OF_RANGE: Final[dict[str, tuple[tuple[str, MetricValue], ...]]] = {
     ),
     # flow, not index: an out-of-range index would also break the index's monotony
     "meter": (("flow", -0.5),),
+    "noise_sensor": (("laeq", -3.0), ("lamax", 180.0)),
+    "parking_bay": (("occupied", 2),),
 }
 _GARBAGE: Final = (b"\x00\xff\xfeERR sensor bus timeout", b"AT+CSQ\r\n+CSQ: 99,99\r\nOK")
 _NOT_AN_OBJECT: Final = (b'"reboot"', b"null", b"42")
@@ -105,7 +108,9 @@ def out_of_range(
     key: int, k: int, device_type: str, metrics: dict[str, MetricValue]
 ) -> dict[str, MetricValue]:
     """The metrics with one value pushed outside its catalog range."""
-    choices = _OUT_OF_RANGE[device_type]
+    # A type of the operator's catalog: its first metric as text, wrong for every kind.
+    first = (DEVICE_TYPES[device_type].metrics[0].name, "n/a")
+    choices = _OUT_OF_RANGE.get(device_type, (first,))
     name, value = choices[int(uniform(key, Stream.OUT_OF_RANGE_KIND, k) * len(choices))]
     return {**metrics, name: value}
 

@@ -20,6 +20,8 @@ _SHORT_NAMES: Final = {
     "traffic_light": "signal",
     "air_sensor": "air",
     "meter": "meter",
+    "noise_sensor": "noise",
+    "parking_bay": "bay",
 }
 # Readings of one device land up to this much after its grid slot (radio, scheduling);
 # kept under a quarter interval so one device's readings never swap places.
@@ -97,7 +99,7 @@ def build_fleet(scenario: Scenario, *, seed: int | None = None) -> Fleet:
     for district in scenario.districts:
         numbers: dict[str, int] = {}
         for service, type_name, medium, count in district.cells():
-            short = _SHORT_NAMES[type_name] + (f"-{medium}" if medium else "")
+            short = _SHORT_NAMES.get(type_name, type_name) + (f"-{medium}" if medium else "")
             for _ in range(count):
                 numbers[short] = n = numbers.get(short, 0) + 1
                 device_id = f"{scenario.city.slug}-{short}-{district.name}-{n:04d}"

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Final
 
-from devices.catalog import PHASE_CODES
+from devices.catalog import DEVICE_TYPES, PHASE_CODES, Kind
 from firmware_sim.draws import Stream, normal, poisson, smooth, uniform
 from firmware_sim.faults import (
     DRIFT_S,
@@ -68,7 +68,13 @@ class SimContext:
             return self._traffic_light(dev, t, k)
         if kind == "air_sensor":
             return self._air_sensor(dev, t, k)
-        return self._meter(dev, t, k)
+        if kind == "meter":
+            return self._meter(dev, t, k)
+        if kind == "noise_sensor":
+            return self._noise_sensor(dev, t, k)
+        if kind == "parking_bay":
+            return self._parking_bay(dev, t)
+        return _any_type(dev, k)
 
     def traffic(self, dev: SimDevice, t: float) -> float:
         """Road traffic in the device's district at `t`, relative to an average weekday peak."""
@@ -183,6 +189,43 @@ class SimContext:
         if replaced and start > t - dev.interval_ms / 1000.0:
             reading.events.append(("meter_replaced", {"index": metrics["index"]}))
         return reading
+
+    def _noise_sensor(self, dev: SimDevice, t: float, k: int) -> Reading:
+        # Road noise follows traffic: LAeq is ~66 dB(A) at a busy street's weekday peak and
+        # ~10·log10 of the traffic share lower off it (halving traffic is -3 dB), floored by
+        # the city's background (~45 dB(A) at night); sites differ by ±4 dB (distance, surface).
+        site = 8.0 * uniform(dev.key, Stream.PARAM, 0) - 4.0
+        road = 66.0 + 10.0 * math.log10(max(self.traffic(dev, t), 0.01))
+        laeq = 10.0 * math.log10(10 ** (road / 10.0) + 10 ** (45.0 / 10.0)) + site
+        laeq += 1.5 * normal(dev.key, Stream.NOISE_A, k)
+        # The loudest second (a bus, a horn, a scooter) is 8-25 dB above the interval's LAeq.
+        lamax = laeq + 8.0 + 17.0 * uniform(dev.key, Stream.NOISE_B, k) ** 2
+        return Reading({"laeq": _clip(laeq, 0.0, 150.0), "lamax": _clip(lamax, 0.0, 150.0)})
+
+    def _parking_bay(self, dev: SimDevice, t: float) -> Reading:
+        # Bays fill with traffic (commuters, shoppers) and stay taken for hours: occupancy is
+        # smooth noise with knots every 90 min held against a demand of 30-95%.
+        demand = 0.3 + 0.6 * min(1.0, self.traffic(dev, t))
+        level = 0.5 + 0.5 * smooth(dev.key, Stream.NOISE_C, t, 5400.0)
+        return Reading({"occupied": level < demand})
+
+
+def _any_type(dev: SimDevice, k: int) -> Reading:
+    """A type of the operator's catalog with no model here: each metric drawn in its range."""
+    metrics: dict[str, MetricValue] = {}
+    for i, m in enumerate(DEVICE_TYPES[dev.device_type].metrics):
+        u = uniform(dev.key, Stream.NOISE_D, k * 64 + i)
+        if m.kind is Kind.BOOL:
+            metrics[m.name] = u < 0.5
+        elif m.kind is Kind.ENUM:
+            codes = list(m.codes)
+            metrics[m.name] = codes[int(u * len(codes))]
+        else:
+            lo = m.minimum if math.isfinite(m.minimum) else 0.0
+            hi = m.maximum if math.isfinite(m.maximum) else lo + 100.0
+            value = lo + u * (hi - lo)
+            metrics[m.name] = math.floor(value) if m.kind is Kind.WHOLE else round(value, 2)
+    return Reading(metrics)
 
 
 def _lamp_watts(dev: SimDevice) -> float:

@@ -117,9 +117,13 @@ class Intervals(BaseModel):
     traffic_light: Seconds = 60.0
     air_sensor: Seconds = 120.0
     meter: Seconds = 900.0
+    noise_sensor: Seconds = 60.0
+    parking_bay: Seconds = 300.0
 
     def of(self, device_type: str) -> float:
-        value: float = getattr(self, device_type)
+        value: float | None = getattr(self, device_type, None)
+        if value is None:  # a type of the operator's catalog: its default interval
+            return DEVICE_TYPES[device_type].interval.total_seconds()
         return value
 
 
@@ -252,9 +256,20 @@ def scale_scenario(scenario: Scenario, devices: int) -> Scenario:
     cells = [(i, c) for i, d in enumerate(scenario.districts) for c in d.cells()]
     sizes = [n for _, (*_, n) in cells]
     # Every kind of device keeps at least one member when there is room, so a small city
-    # still has an air sensor next to its traffic lights.
-    floor_one = sum(1 for n in sizes if n > 0) <= devices < total
-    base = [1 if floor_one and n > 0 else 0 for n in sizes]
+    # still has an air sensor next to its traffic lights: one in each district when the
+    # devices allow, else one city-wide (in the district that has the most of them).
+    largest: dict[tuple[str, str, str | None], int] = {}
+    for j, (_, (service, type_name, medium, n)) in enumerate(cells):
+        kind = (service, type_name, medium)
+        if n > 0 and (kind not in largest or n > sizes[largest[kind]]):
+            largest[kind] = j
+    per_district = sum(1 for n in sizes if n > 0) <= devices < total
+    per_city = not per_district and len(largest) <= devices < total
+    firsts = set(largest.values())
+    base = [
+        1 if (per_district and n > 0) or (per_city and j in firsts) else 0
+        for j, n in enumerate(sizes)
+    ]
     spread = devices - sum(base)
     exact = [b + n * spread / total for b, n in zip(base, sizes, strict=True)]
     counts = [math.floor(x) for x in exact]

@@ -10,9 +10,13 @@ from grafana_foundation_sdk.models import common
 
 from grafana.boards_fleet import districts, stacked, thresholds
 from grafana.model import Board, Query, Variable, service_uid
-from grafana.sql import avg, device_mean, latest, local, local_day, source
+from grafana.sql import avg, device_mean, energy_avg, latest, local, local_day, source
 
 MICROGRAMS: Final = "conµgm3"
+DECIBELS: Final = "dB"
+# WHO Environmental Noise Guidelines (2018), road traffic: 53 dB Lden, 45 dB Lnight. The
+# hourly LAeq is held against the day figure: above it, road noise harms health.
+WHO_ROAD_NOISE: Final = 53.0
 POLLUTANTS: Final = ("pm25", "pm10", "no2", "o3")
 LABELS: Final = {"pm25": "PM2.5", "pm10": "PM10", "no2": "NO2", "o3": "O3"}
 # WHO global air quality guidelines (2021), µg/m³: 24-hour means for PM2.5, PM10 and NO2, the
@@ -34,9 +38,9 @@ def _guideline_style() -> cb.GraphThresholdsStyleConfig:
 
 def environment(timezone: str) -> Board:
     b = Board(
-        "environment", "silobreak-environment", "Environment: air quality",
+        "environment", "silobreak-environment", "Environment: air quality and noise",
         service_uid("environment"), timezone,
-        "The environment service's air sensors against the WHO 2021 air quality guidelines.",
+        "The environment service's air and noise sensors against the WHO guidelines.",
     )  # fmt: skip
     b.variable(districts("air_sensor"))
     b.variable(
@@ -91,6 +95,20 @@ def environment(timezone: str) -> Board:
             "\nGROUP BY 1, 2 ORDER BY 1 DESC, 2",
             ("day", "district", "pm25", "pm10", "no2", "o3_max_hour", "above_guideline"),
             "table",
+        ),
+    )  # fmt: skip
+    b.add(
+        timeseries.Panel()
+        .title(f"Road noise by district, LAeq (WHO guideline {WHO_ROAD_NOISE:g} dB)")
+        .unit(DECIBELS).height(8).span(24)
+        .thresholds(thresholds((None, "green"), (WHO_ROAD_NOISE, "red")))
+        .thresholds_style(_guideline_style()),
+        Query(
+            f"WITH s AS (\n  {source('noise_sensor', ['laeq'], energy=['laeq'])}\n)\n"
+            "SELECT $__timeGroupAlias(s.t, $__interval), d.district AS metric,"
+            f" {energy_avg('laeq')} AS value\nFROM s JOIN devices d USING (device_id)"
+            "\nWHERE d.district IN ($district)\nGROUP BY 1, 2 ORDER BY 1, 2",
+            ("time", "metric", "value"),
         ),
     )  # fmt: skip
     metrics = ("pm25", "pm10", "no2", "o3", "temperature_c", "humidity_pct")

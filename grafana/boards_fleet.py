@@ -159,8 +159,9 @@ def lighting(timezone: str) -> Board:
 
 def mobility(timezone: str) -> Board:
     b = Board(
-        "mobility", "silobreak-mobility", "Mobility: traffic lights", service_uid("mobility"),
-        timezone, "The mobility service's signals: faults, vehicle counts, rush hours.",
+        "mobility", "silobreak-mobility", "Mobility: traffic lights and parking",
+        service_uid("mobility"), timezone,
+        "The mobility service's signals (faults, vehicle counts, rush hours) and parking bays.",
     )  # fmt: skip
     b.variable(districts("traffic_light"))
     b.variable(devices("traffic_light", "Intersection"))
@@ -247,6 +248,17 @@ def mobility(timezone: str) -> Board:
             f"\nFROM s JOIN devices d USING (device_id)\nWHERE {in_scope}"
             "\nGROUP BY 1, 2 ORDER BY vehicles DESC NULLS LAST LIMIT 20",
             ("device_id", "district", "vehicles", "peak_hour"), "table",
+        ),
+    )  # fmt: skip
+    b.add(
+        timeseries.Panel().title("Parking occupancy by district").unit("percentunit")
+        .height(8).span(24).min(0).max(1),
+        Query(
+            f"WITH s AS (\n  {source('parking_bay', ['occupied'])}\n)\n"
+            "SELECT $__timeGroupAlias(s.t, $__interval), d.district AS metric,"
+            f" {avg('occupied')} AS value\nFROM s JOIN devices d USING (device_id)"
+            "\nWHERE d.district IN ($district)\nGROUP BY 1, 2 ORDER BY 1, 2",
+            ("time", "metric", "value"),
         ),
     )  # fmt: skip
     return b

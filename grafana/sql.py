@@ -30,11 +30,19 @@ def ident(name: str) -> str:
     return f'"{name}"' if name == "index" else name
 
 
-def source(device_type: str, metrics: Sequence[str], *, level: str | None = None) -> str:
+def source(
+    device_type: str,
+    metrics: Sequence[str],
+    *,
+    level: str | None = None,
+    energy: Sequence[str] = (),
+) -> str:
     """SELECT of (t, device_id, service, <m>_sum, <m>_count, <m>_min, <m>_max) in the range.
 
     `level` forces one stored level ("agg_1h": for daily and hour-of-day figures); by default
     the one silobreak_agg_level() picks for $__interval, as every reader of the store does.
+    Metrics named in `energy` are sound levels whose stored sum is of 10^(L/10)
+    (docs/store.md): raw rows give the same, so `energy_avg()` reads every level alike.
     """
     stats = [f"{m}_{s}" for m in metrics for s in STATS]
     branches = []
@@ -49,7 +57,7 @@ def source(device_type: str, metrics: Sequence[str], *, level: str | None = None
         )
     if level is None:
         raw = ", ".join(
-            f"{ident(m)}::float8, ({ident(m)} IS NOT NULL)::int, {ident(m)}::float8,"
+            f"{_raw_sum(m, m in energy)}, ({ident(m)} IS NOT NULL)::int, {ident(m)}::float8,"
             f" {ident(m)}::float8"
             for m in metrics
         )
@@ -63,6 +71,15 @@ def source(device_type: str, metrics: Sequence[str], *, level: str | None = None
 def avg(metric: str, alias: str = "s") -> str:
     """The mean of a metric over the grouped rows of a source()."""
     return f"sum({alias}.{metric}_sum) / nullif(sum({alias}.{metric}_count), 0)"
+
+
+def energy_avg(metric: str, alias: str = "s") -> str:
+    """The energy mean of a sound level over the grouped rows of a source(energy=...)."""
+    return f"10 * log10({avg(metric, alias)})"
+
+
+def _raw_sum(metric: str, energy: bool) -> str:
+    return f"power(10, {ident(metric)}::float8 / 10)" if energy else f"{ident(metric)}::float8"
 
 
 def device_mean(metric: str, alias: str = "s") -> str:

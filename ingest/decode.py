@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import msgspec
 
-from devices.catalog import DEVICE_TYPES, Kind
+from devices.catalog import Catalog, Kind, active
 from devices.registry import RegistrySnapshot
 
 # Contract: reasons are checked in this order.
@@ -89,14 +90,33 @@ class _Invalid(Exception):
 # name -> (position in the row, kind, minimum, maximum, codes), per device type. An open end
 # (a meter's index has no maximum) becomes the largest finite float, so that the one range
 # check also refuses infinities, as the contract says (NaN fails every comparison anyway).
-_SPECS: Final = {
-    t.name: {
-        m.name: (3 + i, m.kind, max(m.minimum, -_FLOAT_MAX), min(m.maximum, _FLOAT_MAX), m.codes)
-        for i, m in enumerate(t.metrics)
-    }
-    for t in DEVICE_TYPES.values()
-}
-_WIDTH: Final = {t.name: 3 + len(t.metrics) for t in DEVICE_TYPES.values()}
+# Built once per active catalog (devices.catalog.activate at start-up).
+_Spec = tuple[int, Kind, float, float, Mapping[str, int]]
+_specs_for: list[tuple[Catalog | None, dict[str, dict[str, _Spec]], dict[str, int]]] = [
+    (None, {}, {})
+]
+
+
+def _specs() -> tuple[dict[str, dict[str, _Spec]], dict[str, int]]:
+    catalog = active()
+    built, specs, width = _specs_for[0]
+    if built is not catalog:
+        specs = {
+            t.name: {
+                m.name: (
+                    3 + i,
+                    m.kind,
+                    max(m.minimum, -_FLOAT_MAX),
+                    min(m.maximum, _FLOAT_MAX),
+                    m.codes,
+                )
+                for i, m in enumerate(t.metrics)
+            }
+            for t in catalog.types.values()
+        }
+        width = {t.name: 3 + len(t.metrics) for t in catalog.types.values()}
+        _specs_for[0] = (catalog, specs, width)
+    return specs, width
 
 
 def device_id_of(topic: str) -> str | None:
@@ -216,8 +236,9 @@ def _envelope_metrics(doc: dict[str, Any], dtype: str) -> list[Any]:
         raise _Invalid("metrics must be a JSON object")
     if not metrics:
         raise _Invalid("metrics is empty")
-    specs = _SPECS[dtype]
-    values: list[Any] = [None] * _WIDTH[dtype]
+    all_specs, width = _specs()
+    specs = all_specs[dtype]
+    values: list[Any] = [None] * width[dtype]
     for name, raw in metrics.items():
         spec = specs.get(name)
         if spec is None:
@@ -276,7 +297,8 @@ def _senml(
     """RFC 8428 records, base fields carried forward, grouped into one row per time."""
     if not records:
         raise _Invalid("SenML pack has no records")
-    specs = _SPECS[dtype]
+    all_specs, width = _specs()
+    specs = all_specs[dtype]
     by_time: dict[datetime, list[Any]] = {}
     base_name, base_time = "", 0.0
     for rec in records:
@@ -301,7 +323,7 @@ def _senml(
             raise _Invalid(f"SenML record for {name} needs exactly one of v, vb, vs")
         values = by_time.get(time)
         if values is None:
-            values = by_time[time] = [None] * _WIDTH[dtype]
+            values = by_time[time] = [None] * width[dtype]
         if values[spec[0]] is not None:
             raise _Invalid(f"SenML pack repeats {name} at {time.isoformat()}")
         values[spec[0]] = _value(name, rec[present[0]], spec[1], spec[2], spec[3], spec[4])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import logging
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 import click
 import psycopg
 
+from devices.catalog import DEVICE_TYPES, activate, active, configured_catalog
 from devices.errors import DevicesError
 from ingest.errors import IngestError
 from silobreak.bench.suite import BENCHMARKS
@@ -75,10 +77,45 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 def _settings(ctx: click.Context) -> Settings:
+    """The settings, loaded once; the catalog they name (SILOBREAK_CATALOG) becomes active."""
     if "settings" not in ctx.obj:
-        ctx.obj["settings"] = load_settings()
-    settings: Settings = ctx.obj["settings"]
-    return settings
+        settings = load_settings()
+        activate(configured_catalog(settings.catalog))
+        ctx.obj["settings"] = settings
+    loaded: Settings = ctx.obj["settings"]
+    return loaded
+
+
+class _DeviceTypeParam(click.ParamType[str]):
+    """A device type of the configured catalog (the shipped one and SILOBREAK_CATALOG's)."""
+
+    name = "device type"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if ctx is not None and ctx.obj is not None and value not in DEVICE_TYPES:
+            store_catalog(ctx)
+        if value not in DEVICE_TYPES:
+            self.fail(
+                f"unknown device type {value!r} (one of {', '.join(DEVICE_TYPES)})", param, ctx
+            )
+        return str(value)
+
+
+DEVICE_TYPE = _DeviceTypeParam()
+
+
+def store_catalog(ctx: click.Context) -> None:
+    """Read the types the store was migrated for when it can be reached (a type added from an
+    operator's catalog file is known without the file); otherwise keep the configured ones."""
+    with contextlib.suppress(StoreError, psycopg.Error), _db(_settings(ctx)):
+        pass
+
+
+def use_recorded_catalog(settings: Settings) -> None:
+    """A platform process reads the catalog `silobreak migrate` recorded, as every other does."""
+    from store.device_catalog import activate_recorded  # noqa: PLC0415
+
+    activate_recorded(settings.database_url)
 
 
 @contextmanager
@@ -91,6 +128,12 @@ def _db(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
             f"database unreachable ({first}); check SILOBREAK_DATABASE_URL"
         ) from None
     with conn:
+        # Commands that touch the store read the types it was migrated for.
+        from store.device_catalog import recorded_catalog  # noqa: PLC0415
+
+        catalog = recorded_catalog(conn)
+        if catalog is not None:
+            activate(catalog)
         yield conn
 
 
@@ -122,7 +165,7 @@ def migrate(ctx: click.Context) -> None:
     from store.migrate import migrate as do_migrate  # noqa: PLC0415
 
     settings = _settings(ctx)
-    applied = do_migrate(settings.database_url, backend=settings.store_backend)
+    applied = do_migrate(settings.database_url, backend=settings.store_backend, catalog=active())
     click.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
 
 
@@ -137,6 +180,7 @@ def ingest(ctx: click.Context) -> None:
     from silobreak.platform_run import run_with_recorder  # noqa: PLC0415
 
     settings = _settings(ctx)
+    use_recorded_catalog(settings)
     ingestor = Ingestor(ingest_config(settings))
     ingestor.metrics.serve(settings.metrics_host, settings.metrics_port, ingestor.health)
     # With the health figures the platform dashboard reads (platform_stats, every 10 s).

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from silobreak.cli import _db, _settings, bench, main
+from silobreak.cli import _db, _settings, bench, main, use_recorded_catalog
 from silobreak.settings import SettingsError, parse_duration
 
 if TYPE_CHECKING:
@@ -166,6 +166,7 @@ def streams(ctx: click.Context) -> None:
     from streams.routes import include_all  # noqa: PLC0415
 
     settings = _settings(ctx)
+    use_recorded_catalog(settings)
     app = create_app(settings)
     include_all(app, settings)  # grants, subscriptions, history, audit and the live gateway
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="info")

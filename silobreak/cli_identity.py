@@ -16,10 +16,10 @@ import click
 import psycopg
 
 from devices.broker_auth import PRINCIPAL_KINDS, principal_username
-from devices.catalog import DEVICE_TYPES, MEDIA
+from devices.catalog import MEDIA
 from devices.geojson import parse_geojson
 from devices.registry import DeviceRecord, new_record, parse_csv
-from silobreak.cli import _db, _emit, _settings, devices, main
+from silobreak.cli import DEVICE_TYPE, _db, _emit, _settings, devices, main, store_catalog
 from silobreak.settings import Settings, SettingsError, parse_duration
 from store import audit
 from store.lifecycle import (
@@ -77,7 +77,7 @@ def apply_to_broker(settings: Settings, conn: psycopg.Connection[Any]) -> None:
 
 @click.command("add")
 @click.argument("device_id")
-@click.option("--type", "device_type", required=True, type=click.Choice(list(DEVICE_TYPES)))
+@click.option("--type", "device_type", required=True, type=DEVICE_TYPE)
 @click.option("--service", help="Owning service (default: the type's usual owner).")
 @click.option("--district")
 @click.option("--lat", type=click.FloatRange(-90, 90))
@@ -121,7 +121,7 @@ def devices_add(
 @click.pass_context
 def devices_import(ctx: click.Context, file: Path, secrets_out: Path | None, fmt: str) -> None:
     """Import devices from CSV or GeoJSON; all or nothing, credentials in the same step."""
-    records = _parse(file, fmt)
+    records = _parse(ctx, file, fmt)
     _import(ctx, file, records, secrets_out)
 
 
@@ -134,12 +134,12 @@ def devices_import(ctx: click.Context, file: Path, secrets_out: Path | None, fmt
 @click.pass_context
 def devices_import_geojson(ctx: click.Context, file: Path, secrets_out: Path | None) -> None:
     """Import a GeoJSON FeatureCollection (Point features, registry columns as properties)."""
-    _import(ctx, file, _parse(file, "geojson"), secrets_out)
+    _import(ctx, file, _parse(ctx, file, "geojson"), secrets_out)
 
 
 @click.command("list")
 @click.option("--service")
-@click.option("--type", "device_type", type=click.Choice(list(DEVICE_TYPES)))
+@click.option("--type", "device_type", type=DEVICE_TYPE)
 @click.option("--district")
 @click.option("--lifecycle", type=click.Choice(LIFECYCLES))
 @click.option("--connection", type=click.Choice(CONNECTIONS))
@@ -414,7 +414,8 @@ def token_list(ctx: click.Context, principal: str | None, fmt: str) -> None:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _parse(file: Path, fmt: str) -> list[DeviceRecord]:
+def _parse(ctx: click.Context, file: Path, fmt: str) -> list[DeviceRecord]:
+    store_catalog(ctx)
     text = file.read_text(encoding="utf-8-sig")
     geojson = fmt == "geojson" or (fmt == "auto" and file.suffix.lower() in _GEOJSON_SUFFIXES)
     return parse_geojson(text) if geojson else parse_csv(text)

@@ -17,7 +17,8 @@ from typing import Any, Final
 import click
 import psycopg
 
-from silobreak.cli import _db, _settings, ingest_config, main, run_async
+from devices.catalog import active
+from silobreak.cli import _db, _settings, ingest_config, main, run_async, use_recorded_catalog
 from silobreak.cli_identity import actor, apply_to_broker
 from silobreak.settings import Settings, SettingsError, parse_duration
 from silobreak.sim_credentials import DEFAULT_SECRETS_FILE
@@ -284,7 +285,8 @@ def up(ctx: click.Context, migrate: bool) -> None:
 
     settings = _settings(ctx)
     if migrate:
-        do_migrate(settings.database_url, backend=settings.store_backend)
+        do_migrate(settings.database_url, backend=settings.store_backend, catalog=active())
+    use_recorded_catalog(settings)
     ingestor = Ingestor(ingest_config(settings))
     ingestor.metrics.serve(settings.metrics_host, settings.metrics_port, ingestor.health)
 

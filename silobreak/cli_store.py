@@ -8,9 +8,17 @@ from typing import Any, Final
 
 import click
 
-from silobreak.cli import _db, _emit, _settings, bench, main, run_async
+from silobreak.cli import (
+    DEVICE_TYPE,
+    _db,
+    _emit,
+    _settings,
+    bench,
+    main,
+    run_async,
+    use_recorded_catalog,
+)
 from silobreak.settings import parse_duration
-from store.schema import READINGS_TABLES
 
 # Rows `query raw` prints unless told otherwise.
 _QUERY_LIMIT: Final = 1000
@@ -52,6 +60,7 @@ def maintain(ctx: click.Context, watch: bool, retention: bool) -> None:
     from silobreak.upkeep import maintain_once, maintenance_loop  # noqa: PLC0415
 
     settings = _settings(ctx)
+    use_recorded_catalog(settings)
     if not watch:
         click.echo(maintain_once(settings, retention=retention))
         return
@@ -174,6 +183,7 @@ def backfill(
     settings = _settings(ctx)
     if (file is None) == (period is None):
         raise click.UsageError("give either FILE or --simulate PERIOD")
+    use_recorded_catalog(settings)
     if file is not None:
         report = load(
             settings.database_url,
@@ -205,7 +215,7 @@ def backfill(
 
 @main.command()
 @click.argument("what", type=click.Choice(["latest", "raw", "buckets", "series"]))
-@click.option("--type", "device_type", required=True, type=click.Choice(list(READINGS_TABLES)))
+@click.option("--type", "device_type", required=True, type=DEVICE_TYPE)
 @click.option("--metric", "metrics", multiple=True, help="Repeat for several; default: all.")
 @click.option("--device", "device_ids", multiple=True, help="Repeat for several.")
 @click.option("--service")
@@ -294,6 +304,7 @@ def mirror(ctx: click.Context, once: bool, from_now: bool, show_status: bool) ->
     from store.mirror import InfluxMirror  # noqa: PLC0415
 
     settings = _settings(ctx)
+    use_recorded_catalog(settings)
     config = mirror_config(settings, from_beginning=not from_now)
     if show_status:
         click.echo(run_async(lambda _stop: _mirror_status(settings.database_url, config.name)))

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/silobreak"
     api_url: str = "http://127.0.0.1:8080"
     store_backend: Literal["auto", "plain", "timescale"] = "auto"
+    # An operator's device catalog (TOML, the format of devices/catalog.toml): its types are
+    # added to the shipped ones. `silobreak migrate` creates their tables and records the
+    # catalog in the database; ingest and the streams API read it from there.
+    catalog: Path | None = None
 
     ingest_client_id: str = Field(default_factory=lambda: f"ingest-{socket.gethostname()}")
     ingest_share_group: str = "ingest"

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final, Literal
 
 import psycopg
 
+from devices.catalog import Catalog, DeviceType, active
+from store import ddl
+from store.device_catalog import check_compatible, record_catalog, recorded_types
 from store.errors import MigrationError, StoreUnavailable, first_line
 
 logger = logging.getLogger(__name__)
@@ -31,8 +35,10 @@ class Migration:
     sql: str
 
 
-def migrations_for(backend: Backend) -> list[Migration]:
-    """Every migration that applies to `backend`, in version order."""
+def migrations_for(backend: Backend, types: Sequence[DeviceType] | None = None) -> list[Migration]:
+    """Every migration that applies to `backend`, in version order, its per-type parts
+    generated for `types` (the active catalog's by default)."""
+    types = list(active().types.values()) if types is None else types
     found: dict[int, Migration] = {}
     for entry in resources.files("store.migrations").iterdir():
         match = _FILE_RE.fullmatch(entry.name)
@@ -41,12 +47,20 @@ def migrations_for(backend: Backend) -> list[Migration]:
         version = int(match["version"])
         if version in found:
             raise MigrationError(f"two migrations numbered {version:04d} for {backend}")
-        found[version] = Migration(version, match["name"], entry.read_text(encoding="utf-8"))
+        text = ddl.render(entry.read_text(encoding="utf-8"), types, backend)
+        found[version] = Migration(version, match["name"], text)
     return [found[v] for v in sorted(found)]
 
 
-def migrate(conninfo: str, *, backend: BackendChoice = "auto") -> list[str]:
-    """Apply the pending migrations; returns the names applied (empty when up to date)."""
+def migrate(
+    conninfo: str, *, backend: BackendChoice = "auto", catalog: Catalog | None = None
+) -> list[str]:
+    """Apply the pending migrations, then create what the catalog's new device types need and
+    record the catalog; returns what was applied (empty when up to date).
+
+    `catalog` is the active one by default (the shipped catalog and SILOBREAK_CATALOG's types).
+    """
+    wanted = active() if catalog is None else catalog
     try:
         conn = psycopg.connect(conninfo, autocommit=True, prepare_threshold=None)
     except psycopg.OperationalError as exc:
@@ -55,7 +69,14 @@ def migrate(conninfo: str, *, backend: BackendChoice = "auto") -> list[str]:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             chosen = _settle_backend(conn, backend)
-            return _apply(conn, chosen)
+            have = recorded_types(conn)
+            if have is not None:
+                check_compatible(have, wanted)
+            types = list(wanted.types.values()) if have is None else have
+            applied = _apply(conn, chosen, types)
+            added = _add_types(conn, chosen, types, wanted)
+            # A fresh database records its first catalog: nothing to say beyond the migrations.
+            return applied + added if not applied or have is not None else applied
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
 
@@ -103,10 +124,12 @@ def _settle_backend(conn: psycopg.Connection[Any], wanted: BackendChoice) -> Bac
     return chosen
 
 
-def _apply(conn: psycopg.Connection[Any], backend: Backend) -> list[str]:
+def _apply(
+    conn: psycopg.Connection[Any], backend: Backend, types: Sequence[DeviceType]
+) -> list[str]:
     done = {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations").fetchall()}
     applied: list[str] = []
-    for m in migrations_for(backend):
+    for m in migrations_for(backend, types):
         if m.version in done:
             continue
         label = f"{m.version:04d}_{m.name}"
@@ -122,6 +145,38 @@ def _apply(conn: psycopg.Connection[Any], backend: Backend) -> list[str]:
         logger.info("applied migration %s", label)
         applied.append(label)
     return applied
+
+
+def _add_types(
+    conn: psycopg.Connection[Any],
+    backend: Backend,
+    have: Sequence[DeviceType],
+    wanted: Catalog,
+) -> list[str]:
+    """Create the new types' objects and record the catalog, in one transaction."""
+    new = [name for name in wanted.types if name not in {t.name for t in have}]
+    try:
+        with conn.transaction():
+            # A store that pools from a ledger (pooled_buckets) has no per-type pool views.
+            ledger = conn.execute("SELECT to_regclass('pooled_buckets') IS NOT NULL").fetchone()
+            script = ddl.added_types(
+                have,
+                list(wanted.types.values()),
+                backend,
+                district_views=not (ledger and ledger[0]),
+            )
+            if script:
+                conn.execute(script.encode())
+            changed = record_catalog(conn, wanted)
+    except psycopg.Error as exc:
+        raise MigrationError(
+            f"adding device types {', '.join(new)} failed: {first_line(exc)}"
+        ) from exc
+    for name in new:
+        logger.info("added device type %s", name)
+    if not changed:
+        return []
+    return [f"device type {name}" for name in new] or ["device catalog"]
 
 
 def _safe(conninfo: str) -> str:

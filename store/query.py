@@ -26,7 +26,7 @@ from psycopg import sql
 
 from store.aggregates import ORIGIN
 from store.errors import StoreError
-from store.schema import READINGS_TABLES
+from store.schema import READINGS_TABLES, STORED_AVG, energy_metrics
 
 Query = tuple[sql.Composed, dict[str, Any]]
 Direction = Literal["asc", "desc"]
@@ -278,29 +278,32 @@ def buckets(
         keyset = sql.SQL("(b, device_id, metric) > ({}, {}, {})").format(
             p.add(after.bucket), p.add(after.group), p.add(after.metric)
         )
+    energy = energy_metrics(scope.device_type)
     values = sql.SQL(", ").join(
-        sql.SQL("({}, {})").format(
+        sql.SQL("({}, {}, {})").format(
             sql.Literal(m),
             sql.SQL(", ").join(
                 sql.SQL("s.{}").format(sql.Identifier(f"{m}_{s}"))
                 for s in ("sum", "count", "min", "max", "last")
             ),
+            sql.Literal(m in energy),
         )
         for m in metrics
     )
     query = sql.SQL(
         "SELECT * FROM ("
         " SELECT date_bin(%(step)s, s.t, %(origin)s) AS b, s.device_id, s.service,"
-        "  d.district, m.metric, sum(m.s) / nullif(sum(m.c), 0) AS avg, min(m.lo) AS min,"
+        "  d.district, m.metric, {avg} AS avg, min(m.lo) AS min,"
         "  max(m.hi) AS max, sum(m.c)::bigint AS count,"
         "  (array_agg(m.last ORDER BY s.t DESC) FILTER (WHERE m.last IS NOT NULL))[1] AS last"
         " FROM ({branches}) s LEFT JOIN devices d USING (device_id)"
-        " CROSS JOIN LATERAL (VALUES {values}) AS m(metric, s, c, lo, hi, last)"
+        " CROSS JOIN LATERAL (VALUES {values}) AS m(metric, s, c, lo, hi, last, e)"
         " WHERE m.c > 0 GROUP BY 1, 2, 3, 4, 5) x"
         " WHERE {keyset} ORDER BY b, device_id, metric{limit}"
     ).format(
         branches=sql.SQL(" UNION ALL ").join(branches),
         values=values,
+        avg=sql.SQL(STORED_AVG),
         keyset=keyset,
         limit=sql.SQL(" LIMIT {}").format(p.add(limit)) if limit is not None else sql.SQL(""),
     )
@@ -340,7 +343,8 @@ def pooled(
             )
         )
     query = sql.SQL(
-        "SELECT p.bucket, p.service, p.district, p.metric, p.sum, p.sum / p.count, p.count,"
+        "SELECT p.bucket, p.service, p.district, p.metric, p.sum,"
+        " CASE WHEN p.energy THEN 10 * log10(p.sum / p.count) ELSE p.sum / p.count END, p.count,"
         " p.devices FROM pooled_buckets p WHERE {conds}"
         " ORDER BY p.bucket, p.district, p.metric, p.service{limit}"
     ).format(
@@ -369,8 +373,9 @@ def release_statements(
     select, params = _pooled_select(device_type, width, start, end, level="auto")
     insert = sql.SQL(
         "INSERT INTO pooled_buckets"
-        " (device_type, width, bucket, service, district, metric, sum, count, devices)"
-        " SELECT %(t)s, %(step)s, * FROM ({select}) x ON CONFLICT DO NOTHING"
+        " (device_type, width, bucket, service, district, metric, sum, count, devices, energy)"
+        " SELECT %(t)s, %(step)s, *, x.metric = ANY(%(energy)s) FROM ({select}) x"
+        " ON CONFLICT DO NOTHING"
     ).format(select=select)
     mark = sql.SQL(
         "INSERT INTO pooled_released (device_type, width, bucket)"
@@ -412,6 +417,7 @@ def _pooled_select(
     scope = Scope(device_type)
     p = _Params()
     p.values.update(step=width, start=start, end=end, origin=ORIGIN, t=device_type)
+    p.values["energy"] = sorted(energy_metrics(device_type))
     chooser: sql.Composable = (
         sql.SQL("silobreak_agg_level(%(step)s, %(start)s, %(end)s)")
         if level == "auto"
@@ -550,9 +556,14 @@ def _raw_branch(
     scope: Scope, chooser: sql.Composable, p: _Params, extra: sql.Composable | None = None
 ) -> sql.Composable:
     cols = []
+    energy = energy_metrics(scope.device_type)
     for m in scope.chosen_metrics:
         v = sql.SQL("r.{}::float8").format(sql.Identifier(m))
-        cols.append(sql.SQL("{v}, ({v} IS NOT NULL)::int::bigint, {v}, {v}, {v}").format(v=v))
+        # A sound level's stored sum is of its energy, 10^(L/10), in the views as here.
+        total = sql.SQL("power(10, {} / 10)").format(v) if m in energy else v
+        cols.append(
+            sql.SQL("{s}, ({v} IS NOT NULL)::int::bigint, {v}, {v}, {v}").format(s=total, v=v)
+        )
     conds: list[sql.Composable] = [sql.SQL("{} = 'raw'").format(chooser)]
     conds += _conds(scope, "r.time", None, None, p, metrics=False)
     conds.append(sql.SQL("r.time >= %(start)s AND r.time < %(end)s"))

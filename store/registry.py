@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,6 +13,9 @@ import psycopg
 
 from devices.catalog import DEVICE_TYPES
 from devices.registry import DeviceRecord, KnownDevice, RegistrySnapshot
+from store.device_catalog import adopt_recorded_catalog
+
+logger = logging.getLogger(__name__)
 
 # The first owner's entry starts here and covers all time before any transfer too.
 BEGINNING: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -108,6 +112,9 @@ async def load_snapshot(conn: psycopg.AsyncConnection[Any]) -> RegistrySnapshot:
     """Every active device with its ownership history, for ingest."""
     version_row = await (await conn.execute(_VERSION)).fetchone()
     rows = await (await conn.execute(_SNAPSHOT)).fetchall()
+    if any(row[1] not in DEVICE_TYPES for row in rows):
+        # A type migrated since this process started: its devices are being registered.
+        await adopt_recorded_catalog(conn)
     return RegistrySnapshot(_known(rows), version=version_row[0] if version_row else None)
 
 
@@ -118,6 +125,11 @@ async def registry_version(conn: psycopg.AsyncConnection[Any]) -> int:
 
 def _known(rows: Iterable[tuple[Any, ...]]) -> Iterable[KnownDevice]:
     for device_id, device_type, medium, district, starts, services in rows:
+        if device_type not in DEVICE_TYPES:
+            logger.warning(
+                "device %s: type %s is not in the catalog, skipped", device_id, device_type
+            )
+            continue
         yield KnownDevice(
             device_id=device_id,
             device_type=DEVICE_TYPES[device_type],

@@ -54,7 +54,6 @@ _RETRYABLE_CLASSES: Final = ("08", "53", "57", "40")
 _REFUSED_CLASSES: Final = ("22", "23")
 _NOT_REFUSED: Final = frozenset({"23505", "22P03", "22P04"})
 _NOT_NULL_VIOLATION: Final = "23502"
-_WRITTEN_COLUMNS: Final = frozenset(c for t in READINGS_TABLES.values() for c in t.columns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,7 +511,9 @@ def refuses_rows(sqlstate: str | None, column: str | None = None) -> bool:
     some rows for what they hold, every time: see _REFUSED_CLASSES."""
     if sqlstate is None or sqlstate[:2] not in _REFUSED_CLASSES or sqlstate in _NOT_REFUSED:
         return False
-    return sqlstate != _NOT_NULL_VIOLATION or column in _WRITTEN_COLUMNS
+    return sqlstate != _NOT_NULL_VIOLATION or any(
+        column in t.columns for t in READINGS_TABLES.values()
+    )
 
 
 def _refuses_rows(exc: psycopg.Error) -> bool:

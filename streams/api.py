@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from devices.errors import CatalogError
+from store.device_catalog import adopt_recorded_catalog, catalog_version
 from store.errors import first_line
 from streams import devices_api
 from streams.errors import ApiError
@@ -26,6 +30,9 @@ POOL_MAX: Final = 10
 # How long a request waits for a pooled connection before it is answered 503.
 POOL_TIMEOUT_S: Final = 5.0
 UNAVAILABLE: Final = 503
+# A device type `silobreak migrate` adds reaches a running API within this long; the check
+# is one single-row query.
+CATALOG_POLL_S: Final = 5.0
 
 
 class ApiSettings(Protocol):
@@ -51,9 +58,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
         # Not waiting: the API starts while the store is down and answers 503 until it is up.
         await pool.open(wait=False)
         app.state.pool = pool
+        follow = asyncio.create_task(_follow_catalog(pool), name="catalog-follow")
         try:
             yield
         finally:
+            follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follow
             await pool.close()
 
     app = FastAPI(
@@ -69,6 +80,23 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(devices_api.router)
     app.add_api_route("/healthz", _healthz, methods=["GET"], tags=["health"])
     return app
+
+
+async def _follow_catalog(pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]) -> None:
+    """Adopt the catalog `silobreak migrate` records while the API runs (a type added)."""
+    seen: int | None = None
+    while True:
+        try:
+            async with pool.connection() as conn:
+                version = await catalog_version(conn)
+                if seen is not None and version is not None and version != seen:
+                    await adopt_recorded_catalog(conn)
+                seen = version if version is not None else seen
+        except (psycopg.Error, PoolTimeout) as exc:
+            logger.debug("device catalog check: %s", first_line(exc))
+        except CatalogError as exc:
+            logger.warning("device catalog not adopted: %s", exc)
+        await asyncio.sleep(CATALOG_POLL_S)
 
 
 async def _healthz(request: Request) -> JSONResponse:

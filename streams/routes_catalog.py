@@ -27,6 +27,9 @@ class Stream(BaseModel):
     metric: str
     unit: str
     description: str
+    # How `avg` is taken: `mean`, or `energy_mean` for sound levels (10·log10 of the mean
+    # of 10^(L/10)); for those, an aggregate's `sum` is of 10^(L/10) (docs/store.md).
+    aggregation: str
     districts: list[str]
     devices: int
     # Readings a second over the last RATE_WINDOW_S seconds (by reading time).
@@ -59,6 +62,7 @@ async def list_streams(request: Request, caller: CallerDep) -> list[Stream]:
                 Stream(
                     service=service, device_type=device_type, metric=m.name,
                     unit=" or ".join(u for u in units if u) or "", description=m.description,
+                    aggregation=m.aggregation.value,
                     districts=sorted(districts or []), devices=count,
                     rate=round(rates.get((service, device_type, m.name), 0.0), 3),
                     personal_data=bool(personal),

@@ -19,6 +19,7 @@ from streams.auth import Caller, CallerDep, forbidden
 from streams.cursor import from_micros, micros
 from streams.errors import ApiError
 from streams.gateway import GatewayDep
+from streams.routes_grants import DeviceType
 from streams.scope import (
     AGGREGATE,
     POOL_DISTRICT,
@@ -103,7 +104,7 @@ async def read_history(
     start: Annotated[datetime, Query(description="from this reading time (inclusive)")],
     end: Annotated[datetime | None, Query(description="to this time (exclusive); now")] = None,
     grant_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
-    device_type: Literal["streetlight", "traffic_light", "air_sensor", "meter"] | None = None,
+    device_type: DeviceType | None = None,
     metric: Annotated[list[str] | None, Query(max_length=32)] = None,
     district: Annotated[list[str] | None, Query(max_length=500)] = None,
     granularity: Literal["raw", "aggregate"] | None = None,

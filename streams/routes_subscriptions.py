@@ -19,6 +19,7 @@ from streams.auth import CallerDep
 from streams.errors import ApiError
 from streams.gateway import Gateway, GatewayDep
 from streams.live import Batch, Feed, FeedClosed
+from streams.routes_grants import DeviceType
 from streams.subscriptions import Subscription
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,8 @@ class SubscriptionIn(BaseModel):
 
     grant_id: Annotated[int, Field(ge=1, le=2**62)]
     device_types: Annotated[
-        list[Literal["streetlight", "traffic_light", "air_sensor", "meter"]],
-        Field(max_length=4, description="empty: every type of the grant"),
+        list[DeviceType],
+        Field(max_length=200, description="empty: every type of the grant"),
     ] = []
     metrics: Annotated[list[str], Field(max_length=32, description="empty: all granted")] = []
     districts: Annotated[list[str], Field(max_length=500, description="empty: all granted")] = []

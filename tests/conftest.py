@@ -112,6 +112,20 @@ def db_url(pg_server: LocalPostgres, template_db: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def empty_db_url(pg_server: LocalPostgres) -> Iterator[str]:
+    """A libpq URL of an empty database of this test's own (not migrated), dropped after it."""
+    dbname = f"e_{uuid.uuid4().hex[:12]}"
+    name = sql.Identifier(dbname)
+    with psycopg.connect(pg_server.url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
+    try:
+        yield pg_server.url_for(dbname)
+    finally:
+        with psycopg.connect(pg_server.url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(name))
+
+
+@pytest.fixture
 def device_prefix() -> str:
     """A prefix unique to this test, for device ids and client ids (`t1a2b3c4d-`)."""
     return f"t{uuid.uuid4().hex[:8]}-"

@@ -1,7 +1,7 @@
 -- The device registry, its ownership history and the dead-letter table.
 CREATE TABLE devices (
     device_id     text PRIMARY KEY CHECK (device_id ~ '^[A-Za-z0-9._-]{1,64}$'),
-    device_type   text NOT NULL CHECK (device_type IN ('streetlight', 'traffic_light', 'air_sensor', 'meter')),
+    device_type   text NOT NULL CHECK (device_type IN ({{device_type_list}})),
     service       text NOT NULL,
     district      text,
     lat           double precision,

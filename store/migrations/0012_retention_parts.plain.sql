@@ -2,19 +2,7 @@
 -- (0011_retention.sql). Run by `silobreak maintain`, or by pg_cron:
 -- CALL silobreak_retention().
 
-INSERT INTO retention_targets (relation, kind, time_column) VALUES
-    ('readings_streetlight', 'raw', 'time'),
-    ('readings_traffic_light', 'raw', 'time'),
-    ('readings_air_sensor', 'raw', 'time'),
-    ('readings_meter', 'raw', 'time'),
-    ('rollup_1m_streetlight', 'aggregate', 'bucket'),
-    ('rollup_1m_traffic_light', 'aggregate', 'bucket'),
-    ('rollup_1m_air_sensor', 'aggregate', 'bucket'),
-    ('rollup_1m_meter', 'aggregate', 'bucket'),
-    ('rollup_1h_streetlight', 'aggregate', 'bucket'),
-    ('rollup_1h_traffic_light', 'aggregate', 'bucket'),
-    ('rollup_1h_air_sensor', 'aggregate', 'bucket'),
-    ('rollup_1h_meter', 'aggregate', 'bucket');
+{{retention_targets}}
 
 -- The partitions of `relation` whose range ends at or before `before`: the partition itself
 -- is where its rows are read and deleted.

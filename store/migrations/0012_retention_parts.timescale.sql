@@ -1,19 +1,7 @@
 -- Retention on TimescaleDB: the chunks of each target and how to drop one (0011), and the
 -- job that runs silobreak_retention() once a day.
 
-INSERT INTO retention_targets (relation, kind, time_column) VALUES
-    ('readings_streetlight', 'raw', 'time'),
-    ('readings_traffic_light', 'raw', 'time'),
-    ('readings_air_sensor', 'raw', 'time'),
-    ('readings_meter', 'raw', 'time'),
-    ('agg_1m_streetlight', 'aggregate', 'bucket'),
-    ('agg_1m_traffic_light', 'aggregate', 'bucket'),
-    ('agg_1m_air_sensor', 'aggregate', 'bucket'),
-    ('agg_1m_meter', 'aggregate', 'bucket'),
-    ('agg_1h_streetlight', 'aggregate', 'bucket'),
-    ('agg_1h_traffic_light', 'aggregate', 'bucket'),
-    ('agg_1h_air_sensor', 'aggregate', 'bucket'),
-    ('agg_1h_meter', 'aggregate', 'bucket');
+{{retention_targets}}
 
 -- The chunks of a hypertable, or of a continuous aggregate's materialization hypertable,
 -- whose range ends at or before `before`. Rows are read and deleted through the hypertable

@@ -64,6 +64,8 @@ CREATE TABLE pooled_buckets (
     sum         double precision NOT NULL,
     count       bigint NOT NULL,
     devices     integer NOT NULL,
+    -- A sound level: `sum` is of 10^(L/10) and the mean is 10·log10(sum / count).
+    energy      boolean NOT NULL DEFAULT false,
     PRIMARY KEY (device_type, width, service, bucket, district, metric)
 );
 -- Which buckets of a type and width are released (for every owner and district at once).
@@ -77,16 +79,14 @@ CREATE TABLE pooled_released (
 
 -- Governed SQL reads pooled data from the ledger too: the per-type district views showed each
 -- pool's min and max, one household's own reading.
-DROP VIEW governed.district_agg_1h_streetlight;
-DROP VIEW governed.district_agg_1h_traffic_light;
-DROP VIEW governed.district_agg_1h_air_sensor;
-DROP VIEW governed.district_agg_1h_meter;
+{{drop_district_views}}
 
 -- For the current role: the released hourly pools its live district-pooled grants cover, over
 -- at least the pool minimum of devices and of readings.
 CREATE VIEW governed.pooled_1h WITH (security_barrier) AS
 SELECT DISTINCT p.bucket, p.device_type, p.service, p.district, p.metric, p.sum,
-       p.sum / p.count AS avg, p.count, p.devices
+       CASE WHEN p.energy THEN 10 * log10(p.sum / p.count) ELSE p.sum / p.count END AS avg,
+       p.count, p.devices
 FROM pooled_buckets p
 JOIN (SELECT g.owner, t AS device_type, g.districts, g.metrics,
              greatest(coalesce(g.min_devices, 0), coalesce(

@@ -12,8 +12,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from devices.catalog import SHIPPED, activated, catalog_from_document
 from firmware_sim import SimMessage, build_fleet, messages, sun_times
-from tests.firmware_sim.checks import Metrics, decode, small_city
+from tests.firmware_sim.checks import Metrics, catalog_problems, decode, small_city
 
 PARIS = ZoneInfo("Europe/Paris")
 # Monday 16 to Monday 30 November 2026: two whole weeks.
@@ -225,3 +226,60 @@ def test_a_leak_shows_as_flow_in_the_middle_of_the_night() -> None:
             night["leak" if "leak" in message.faults else "dry"].append(metrics["flow"])
     assert night["leak"] and night["dry"]
     assert min(night["leak"]) > 0.005 > 0.002 > max(night["dry"])
+
+
+def test_street_noise_follows_traffic_and_its_maximum_is_above_its_equivalent_level() -> None:
+    scenario = small_city(
+        devices="devices.environment = { noise_sensor = 6 }", intervals="noise_sensor = 600"
+    )
+    readings = _readings(messages(build_fleet(scenario), *WEEKS))
+    assert all(not catalog_problems("noise_sensor", m) for _, m in readings)
+    weekday = _hourly(readings, "laeq", weekend=False)
+    # Energy means of the hour: the rush hour is several dB above the small hours.
+    assert weekday[8] > weekday[3] + 6.0
+    assert 40.0 < weekday[3] < 60.0 and 55.0 < weekday[8] < 75.0
+    assert all(m["lamax"] >= m["laeq"] + 8.0 for _, m in readings)
+
+
+def test_parking_bays_fill_up_by_day_and_stay_taken_for_a_while() -> None:
+    scenario = small_city(
+        devices="devices.mobility = { parking_bay = 40 }", intervals="parking_bay = 300"
+    )
+    readings = _readings(messages(build_fleet(scenario), *WEEKS))
+    assert all(not catalog_problems("parking_bay", m) for _, m in readings)
+    weekday = _hourly(readings, "occupied", weekend=False)
+    assert weekday[11] > weekday[3] + 0.2
+    # A car stays: consecutive readings of a bay mostly agree.
+    by_bay: dict[str, list[bool]] = defaultdict(list)
+    for message, m in readings:
+        by_bay[message.device_id].append(bool(m["occupied"]))
+    pairs = [(a, b) for states in by_bay.values() for a, b in itertools.pairwise(states)]
+    assert sum(a == b for a, b in pairs) > 0.8 * len(pairs)
+
+
+def test_a_type_of_an_operators_catalog_gets_readings_in_its_ranges() -> None:
+    extra = catalog_from_document(
+        {
+            "types": [
+                {
+                    "name": "bike_counter", "service": "mobility", "description": "Bikes.",
+                    "interval": "15m",
+                    "metrics": [
+                        {"name": "bikes", "kind": "whole", "min": 0, "max": 500,
+                         "description": "Bikes past."},
+                        {"name": "lane", "kind": "enum", "codes": {"north": 0, "south": 1},
+                         "description": "Lane."},
+                        {"name": "wet", "kind": "bool", "description": "Road wet."},
+                    ],
+                }
+            ]
+        }
+    )  # fmt: skip
+    with activated(SHIPPED.extended(extra)):
+        scenario = small_city(devices="devices.mobility = { bike_counter = 3 }")
+        fleet = build_fleet(scenario)
+        assert {d.interval_ms for d in fleet.devices} == {900_000}
+        readings = _readings(messages(fleet, WEEKS[0], WEEKS[0] + timedelta(days=1)))
+        assert len(readings) > 200
+        assert all(not catalog_problems("bike_counter", m) for _, m in readings)
+        assert {m["lane"] for _, m in readings} == {"north", "south"}

@@ -104,6 +104,20 @@ def test_scaling_down_keeps_one_device_of_every_kind_in_every_district() -> None
         assert all(n >= 1 for *_, n in district.cells()), district.name
 
 
+def test_scaling_below_one_per_district_keeps_one_device_of_every_kind_in_the_city() -> None:
+    city = default_scenario()
+    kinds = {(s, t, m) for d in city.districts for s, t, m, n in d.cells() if n > 0}
+    cells = sum(1 for d in city.districts for *_, n in d.cells() if n > 0)
+    assert len(kinds) < 40 < cells
+    scaled = scale_scenario(city, 40)
+    counts: dict[tuple[str, str, str | None], int] = {}
+    for d in scaled.districts:
+        for s, t, m, n in d.cells():
+            counts[(s, t, m)] = counts.get((s, t, m), 0) + n
+    assert {k for k, n in counts.items() if n > 0} == kinds
+    assert scaled.device_count == 40
+
+
 def test_scaling_to_the_same_size_changes_nothing() -> None:
     scenario = default_scenario()
     assert scale_scenario(scenario, scenario.device_count) == scenario

@@ -147,3 +147,31 @@ def test_rejects_list_shows_dead_letters(tmp_path: Path, db_url: str) -> None:
     assert out.returncode == 0
     assert "unknown_device" in out.stdout
     assert "not registered" in out.stdout
+
+
+def test_a_bad_catalog_file_gets_one_line_naming_the_file_and_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.toml"
+    path.write_text('[[types]]\nname = "bin"\nservice = "cleansing"\n', encoding="utf-8")
+    line = one_clear_line(cli(tmp_path, "migrate", SILOBREAK_CATALOG=str(path)))
+    assert f"catalog {path}: types.0.description" in line
+    line = one_clear_line(
+        cli(tmp_path, "devices", "list", SILOBREAK_CATALOG=str(tmp_path / "absent.toml"))
+    )
+    assert "absent.toml" in line
+
+
+@pytest.mark.integration
+def test_a_catalog_that_drops_a_migrated_type_is_refused_in_one_line(
+    tmp_path: Path, db_url: str
+) -> None:
+    path = tmp_path / "catalog.toml"
+    path.write_text(
+        '[[types]]\nname = "bin"\nservice = "cleansing"\ndescription = "A bin."\n'
+        '[[types.metrics]]\nname = "full"\nkind = "bool"\ndescription = "Full."\n',
+        encoding="utf-8",
+    )
+    env = {"SILOBREAK_DATABASE_URL": db_url, "SILOBREAK_CATALOG": str(path)}
+    added = cli(tmp_path, "migrate", **env)
+    assert added.stdout.strip() == "applied: device type bin", added.stderr
+    line = one_clear_line(cli(tmp_path, "migrate", SILOBREAK_DATABASE_URL=db_url))
+    assert "the catalog has no device type 'bin'" in line

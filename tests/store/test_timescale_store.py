@@ -7,6 +7,7 @@ own. Writes use the writer's `unnest` mode: the server has no COPY FROM STDIN.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from devices.catalog import DEVICE_TYPES
 from silobreak.backfill import backfill
 from store.maintain import maintain, refresh_range, run_jobs, set_policy
 from store.read import Selection
@@ -32,7 +34,7 @@ from tests.support.timescale import LocalTimescale
 
 pytestmark = pytest.mark.integration
 
-TYPES = ("streetlight", "traffic_light", "air_sensor", "meter")
+TYPES = tuple(DEVICE_TYPES)
 START = NOW - timedelta(hours=3)
 
 
@@ -88,6 +90,8 @@ def test_migrations_make_hypertables_aggregates_and_their_policies(ts: Conn) -> 
         "readings_traffic_light": timedelta(days=1),
         "readings_air_sensor": timedelta(days=7),
         "readings_meter": timedelta(days=1),
+        "readings_noise_sensor": timedelta(days=7),
+        "readings_parking_bay": timedelta(days=1),
     }
     caggs = fetch(
         ts,
@@ -102,8 +106,8 @@ def test_migrations_make_hypertables_aggregates_and_their_policies(ts: Conn) -> 
         " GROUP BY 1 ORDER BY 1",
     )
     assert jobs == [
-        ("policy_compression", 8),  # raw tables and 1-minute aggregates
-        ("policy_refresh_continuous_aggregate", 8),
+        ("policy_compression", 2 * len(TYPES)),  # raw tables and 1-minute aggregates
+        ("policy_refresh_continuous_aggregate", 2 * len(TYPES)),
         ("silobreak_retention", 1),
     ]
     settings = fetch(
@@ -256,3 +260,53 @@ def test_a_backfill_of_an_old_month_refreshes_its_aggregates(
         f"SELECT bucket, index_count FROM {_materialization(ts, 'agg_1h_meter')} ORDER BY 1",
     )
     assert hourly == [(old, 4), (old + timedelta(hours=1), 3)]  # materialized, not real-time
+
+
+def test_sound_levels_average_as_energy_on_both_backends(
+    ts: Conn, timescale: LocalTimescale, db_url: str
+) -> None:
+    prefix = "noise-"
+    dev = f"{prefix}n1"
+    at = START + timedelta(minutes=10)
+    # LAeq 60 and 80 dB in one minute, 70 dB the next: the energy mean of the minute is
+    # 10·log10((10^6 + 10^8) / 2) = 77.03 dB (the arithmetic mean would say 70).
+    rows = [
+        (at, dev, "environment", 60.0, 61.0),
+        (at + timedelta(seconds=30), dev, "environment", 80.0, 81.0),
+        (at + timedelta(minutes=1), dev, "environment", 70.0, 71.0),
+    ]
+    minute = 10 * math.log10((1e6 + 1e8) / 2)
+    hour = 10 * math.log10((1e6 + 1e8 + 1e7) / 3)
+    level_sql = (
+        "SELECT avg, count, sum FROM (SELECT bucket, laeq_avg AS avg, laeq_count AS count,"
+        " laeq_sum AS sum FROM {} WHERE device_id = %s) a ORDER BY bucket"
+    )
+    with psycopg.connect(db_url, autocommit=True) as plain:
+        for conn in (plain, ts):
+            register(conn, [(dev, "noise_sensor", "environment", "north")])
+        write(db_url, {"noise_sensor": rows})
+        write(timescale.url, {"noise_sensor": rows}, mode="unnest")
+        for refresh in (False, True):  # real-time from raw rows, then materialized
+            if refresh:
+                maintain(plain)
+                maintain(ts)
+            for conn in (plain, ts):
+                minutes = fetch(conn, level_sql.format("agg_1m_noise_sensor"), dev)
+                assert [(a, c) for a, c, _ in minutes] == [
+                    (pytest.approx(minute), 2),
+                    (pytest.approx(70.0), 1),
+                ]
+                assert [s for _, _, s in minutes] == [pytest.approx(1.01e8), pytest.approx(1e7)]
+                ((avg, count, total),) = fetch(conn, level_sql.format("agg_1h_noise_sensor"), dev)
+                assert (avg, count, total) == (pytest.approx(hour), 3, pytest.approx(1.11e8))
+                # The read interface: raw rows (30 s), the 1-minute and the 1-hour level.
+                reader = StoreReader(conn)
+                sel = Selection("noise_sensor", ("laeq",), device_ids=(dev,))
+                hour_start = at.replace(minute=0)
+                for step, want in (
+                    (timedelta(seconds=30), [60.0, 80.0, 70.0]),
+                    (timedelta(minutes=1), [minute, 70.0]),
+                    (timedelta(hours=1), [hour]),
+                ):
+                    got = reader.buckets(sel, hour_start, hour_start + timedelta(hours=1), step)
+                    assert [b.avg for b in got] == [pytest.approx(w) for w in want], step
