@@ -35,17 +35,7 @@ class Selection:
     district: str | None = None
 
     def __post_init__(self) -> None:
-        table = READINGS_TABLES.get(self.device_type)
-        if table is None:
-            raise StoreError(
-                f"unknown device type {self.device_type!r} (one of {', '.join(READINGS_TABLES)})"
-            )
-        unknown = [m for m in self.metrics if m not in table.metric_columns]
-        if unknown:
-            raise StoreError(
-                f"{self.device_type} has no metric {unknown[0]!r} "
-                f"(its metrics: {', '.join(table.metric_columns)})"
-            )
+        self.scope()  # the scope checks the type and metrics
 
     @property
     def chosen_metrics(self) -> tuple[str, ...]:
