@@ -19,7 +19,7 @@ import pytest
 
 from tests.streams.conftest import Town
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.security]
 
 # Whole hours, sealed long ago: the buckets the attacks compare.
 END = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
