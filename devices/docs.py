@@ -22,6 +22,11 @@ def render() -> str:
         "(`schema_violation`). Ranges include their bounds. The device's type and owning service",
         "come from the registry, never from the topic or the payload.",
         "",
+        "In SenML, a record's name (after its base name, up to the last `:` or `/`) is the metric;",
+        "base time, base value and base sum carry forward and are added to each record's time,",
+        "value (`v`) and sum (`s`) as RFC 8428 section 4.3 says; `vb` and `vs` take booleans and",
+        "enumeration names.",
+        "",
     ]
     for dtype in DEVICE_TYPES.values():
         out += [

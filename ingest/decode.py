@@ -300,12 +300,17 @@ def _senml(
     all_specs, width = _specs()
     specs = all_specs[dtype]
     by_time: dict[datetime, list[Any]] = {}
-    base_name, base_time = "", 0.0
+    base_name, base_time, base_value, base_sum = "", 0.0, 0.0, 0.0
     for rec in records:
         bn = rec.get("bn", base_name)
         bt = rec.get("bt", base_time)
+        bv = rec.get("bv", base_value)
+        bs = rec.get("bs", base_sum)
         if type(bn) is not str or not _is_number(bt):
             raise _Invalid("SenML bn must be a string and bt a number")
+        if not (_is_number(bv) and _is_number(bs) and _finite(bv) and _finite(bs)):
+            raise _Invalid("SenML bv and bs must be finite numbers")
+        base_value, base_sum = float(bv), float(bs)
         n = rec.get("n", "")
         t = rec.get("t", 0.0)
         if type(n) is not str or not _is_number(t):
@@ -318,15 +323,21 @@ def _senml(
         if spec is None:
             raise _Invalid(f"unknown metric {name!r} for {dtype}")
         time = _senml_time(base_time + float(t), now)
-        present = [k for k in ("v", "vb", "vs") if k in rec]
+        present = [k for k in ("v", "vb", "vs", "s") if k in rec]
         if len(present) != 1:
-            raise _Invalid(f"SenML record for {name} needs exactly one of v, vb, vs")
+            raise _Invalid(f"SenML record for {name} needs exactly one of v, vb, vs, s")
+        raw = rec[present[0]]
+        # RFC 8428 §4.3: a base value is added to every numeric value after it, a base sum to
+        # every sum (a cumulative index may come as a sum).
+        base = base_value if present[0] == "v" else base_sum if present[0] == "s" else 0.0
+        if base and _is_number(raw):
+            raw = raw + base
         values = by_time.get(time)
         if values is None:
             values = by_time[time] = [None] * width[dtype]
         if values[spec[0]] is not None:
             raise _Invalid(f"SenML pack repeats {name} at {time.isoformat()}")
-        values[spec[0]] = _value(name, rec[present[0]], spec[1], spec[2], spec[3], spec[4])
+        values[spec[0]] = _value(name, raw, spec[1], spec[2], spec[3], spec[4])
     return list(by_time.items())
 
 

@@ -201,6 +201,24 @@ def test_decode_reads_senml_with_base_values_into_rows_per_time() -> None:
     assert rows[1][3] == 11.0
 
 
+def test_decode_adds_senml_base_value_and_base_sum_as_rfc_8428_says() -> None:
+    bt = (NOW - timedelta(minutes=1)).timestamp()
+    # §4.3: the base value is added to each value after it, the base sum to each sum.
+    air = run("air-1", [{"bt": bt, "bv": 10, "n": "temperature_c", "v": 2.5},
+                        {"n": "humidity_pct", "t": 1, "v": 40}])  # fmt: skip
+    assert isinstance(air, Accepted)
+    by_time = {r[0]: r for r in air.rows}
+    assert by_time[NOW - timedelta(minutes=1)][7] == 12.5
+    assert by_time[NOW - timedelta(seconds=59)][8] == 50.0  # carried forward
+    meter = run("meter-1", [{"bt": bt, "bs": 1000, "n": "index", "s": 2.5}])
+    assert isinstance(meter, Accepted) and meter.rows[0][3] == 1002.5
+    lamp = run("lamp-1", [{"bt": bt, "bv": 10, "n": "lamp_on", "vb": True}])
+    assert isinstance(lamp, Accepted) and lamp.rows[0][3] == 1  # booleans take no base
+    assert reason(run("air-1", [{"bt": bt, "bv": "x", "n": "pm25", "v": 1}])) == (
+        "schema_violation"
+    )
+
+
 def test_decode_reads_senml_booleans_and_strings() -> None:
     bt = (NOW - timedelta(minutes=1)).timestamp()
     lamp = run("lamp-1", [{"bt": bt, "n": "lamp_on", "vb": True}])
