@@ -26,6 +26,13 @@ MQTT_VERSIONS: Final[tuple[MqttVersion, ...]] = ("5", "3.1.1")
 # matched, so it went nowhere. Mosquitto 2.0 answers it after a restart, until the ingestors
 # subscribe again (it does not keep shared subscriptions over a restart).
 NO_MATCHING_SUBSCRIBERS: Final = 0x10
+# PUBACK reason codes (MQTT 5 §3.4.2.1) by which the broker refuses a message for good: 0x87
+# not authorized (Mosquitto's answer when the ACL denies the topic), 0x97 quota exceeded. Any
+# code from 0x80 up is a failure; the message was not published, and sending it again would
+# get the same answer, so it is counted as refused and let go.
+NOT_AUTHORIZED: Final = 0x87
+QUOTA_EXCEEDED: Final = 0x97
+_FIRST_FAILURE: Final = 0x80
 _TELEMETRY_SUFFIX: Final = "/" + TELEMETRY
 
 _DEFAULT_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}
@@ -83,6 +90,8 @@ class Link:
     a backoff. It then sends one message; when the broker routes that one, the full window
     again. Events are not held: nothing in the platform subscribes to them, so 0x10 is their
     normal answer. Statuses are retained, which the broker keeps whether anyone listens.
+    A message the broker refuses (0x87 not authorized, 0x97 quota exceeded, any code from
+    0x80) is counted in `refused`, never in `acked`.
     """
 
     def __init__(
@@ -120,6 +129,8 @@ class Link:
         self.dropped = 0
         # Telemetry acknowledged with 0x10 (each went back to the backlog to be sent again).
         self.unrouted = 0
+        # Telemetry and events the broker refused with a failure code (MQTT 5 only).
+        self.refused = 0
         # Publishes allowed in flight: `inflight`; 0 while held after a 0x10, 1 once resumed
         # until the broker routes a telemetry message again.
         self.window = inflight
@@ -294,6 +305,11 @@ class Link:
             return
         self.outstanding -= 1
         message = self._in_flight.pop(mid, None)
+        if reason.value >= _FIRST_FAILURE:
+            self.refused += 1
+            logger.debug("%s: broker refused message %d: %s", self.client_id, mid, reason)
+            self.flush()
+            return
         if message is not None and message[0].endswith(_TELEMETRY_SUFFIX):
             if reason.value == NO_MATCHING_SUBSCRIBERS:
                 self._put_back(message)

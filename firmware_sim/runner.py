@@ -58,14 +58,17 @@ _FOREVER: Final = timedelta(days=36_500)
 
 @dataclass(slots=True)
 class RunStats:
-    """What a run did; `acknowledged + unsent + dropped` accounts for every generated message.
+    """What a run did; `acknowledged + refused + unsent + dropped` accounts for every message.
 
+    `acknowledged` is what the broker published; `refused` what it acknowledged with a failure
+    code (MQTT 5: 0x87 not authorized, 0x97 quota exceeded, ...), which was not published.
     `unrouted` counts telemetry PUBACKs with 0x10 (MQTT 5: no subscriber took it), each
     message of which went back to its device's buffer to be sent again.
     """
 
     generated: int = 0
     acknowledged: int = 0
+    refused: int = 0
     buffered: int = 0
     dropped: int = 0
     unsent: int = 0
@@ -158,6 +161,7 @@ class FleetRunner:
         snapshot = replace(self.stats)
         links = list(self._links)
         snapshot.acknowledged = sum(link.acked for link in links)
+        snapshot.refused = sum(link.refused for link in links)
         snapshot.dropped = sum(link.dropped for link in links)
         snapshot.unsent = sum(len(link.backlog) + link.outstanding for link in links)
         snapshot.unrouted = sum(link.unrouted for link in links)
@@ -314,6 +318,7 @@ class FleetRunner:
         self.stats.online = sum(link.connected for link in self._links)
         for link in self._links:
             self.stats.acknowledged += link.acked
+            self.stats.refused += link.refused
             self.stats.dropped += link.dropped
             self.stats.unsent += len(link.backlog) + link.outstanding
             self.stats.unrouted += link.unrouted
@@ -321,6 +326,12 @@ class FleetRunner:
                 link.client.disconnect()
                 link.client.loop_write()
         self._selector.close()
+        if self.stats.refused:
+            logger.warning(
+                "%d message(s) were refused by the broker (PUBACK failure code, e.g. 0x87"
+                " not authorized) and not published",
+                self.stats.refused,
+            )
         if self.stats.unrouted:
             logger.info(
                 "%d telemetry message(s) were acknowledged as routed to no subscriber (0x10)"

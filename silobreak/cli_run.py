@@ -178,8 +178,8 @@ def simulate(
         simulated = f"; simulated {_iso(stats.sim_start)} to {_iso(end)}"
     click.echo(
         f"published {stats.acknowledged} of {stats.generated} messages "
-        f"({stats.dropped} dropped, {stats.unsent} unsent, {stats.buffered} buffered while "
-        f"offline) in {stats.wall_s:.0f} s{simulated}",
+        f"({stats.refused} refused by the broker, {stats.dropped} dropped, {stats.unsent} unsent, "
+        f"{stats.buffered} buffered while offline) in {stats.wall_s:.0f} s{simulated}",
         err=True,
     )
 
@@ -189,8 +189,9 @@ def _report_progress(runner: Any, every: float, links: int, finished: threading.
         p = runner.progress()
         at = _iso(p.sim_end) if p.sim_end is not None else "start"
         click.echo(
-            f"at {at}: {p.acknowledged} published, {p.online}/{links} connected, "
-            f"{p.unsent} waiting, {p.buffered} buffered while offline, {p.dropped} dropped",
+            f"at {at}: {p.acknowledged} published, {p.refused} refused, "
+            f"{p.online}/{links} connected, {p.unsent} waiting, "
+            f"{p.buffered} buffered while offline, {p.dropped} dropped",
             err=True,
         )
 

@@ -70,8 +70,8 @@ _DEVICES = 12
 _SPEED = 20.0
 _OUTAGE_SIM_S = 60.0
 _FINAL = re.compile(
-    r"published (\d+) of (\d+) messages \((\d+) dropped, (\d+) unsent, (\d+) buffered while "
-    r"offline\) in \d+ s; simulated (\S+) to (\S+)"
+    r"published (\d+) of (\d+) messages \((\d+) refused by the broker, (\d+) dropped, "
+    r"(\d+) unsent, (\d+) buffered while offline\) in \d+ s; simulated (\S+) to (\S+)"
 )
 _PROGRESS_AT = re.compile(r"^at (\S+): ")
 
@@ -80,6 +80,7 @@ _PROGRESS_AT = re.compile(r"^at (\S+): ")
 class Outcome:
     acknowledged: int
     generated: int
+    refused: int
     dropped: int
     unsent: int
     buffered: int
@@ -149,7 +150,7 @@ def test_simulate_gives_its_fleet_secrets_and_runs_against_a_broker_that_enforce
     expected: Counter[Row] = Counter()
     for run, count in ((first, 24), (second, 120)):
         done = outcome(run)
-        assert (done.acknowledged, done.dropped, done.unsent) == (count, 0, 0)
+        assert (done.acknowledged, done.refused, done.dropped, done.unsent) == (count, 0, 0, 0)
         # Disjoint: the runs start 5 minutes apart and last under a simulated minute each.
         expected += expected_rows(city.fleet, done.sim_start, done.generated)
     wait_until(
@@ -326,8 +327,9 @@ def outcome(result: subprocess.CompletedProcess[str]) -> Outcome:
 def outcome_of_lines(lines: list[str]) -> Outcome:
     match = next((m for line in reversed(lines) if (m := _FINAL.search(line))), None)
     assert match is not None, "\n".join(lines[-20:])
-    acked, generated, dropped, unsent, buffered = (int(match[i]) for i in range(1, 6))
-    return Outcome(acked, generated, dropped, unsent, buffered, datetime.fromisoformat(match[6]))
+    acked, generated, refused, dropped, unsent, buffered = (int(match[i]) for i in range(1, 7))
+    start = datetime.fromisoformat(match[7])
+    return Outcome(acked, generated, refused, dropped, unsent, buffered, start)
 
 
 def last_progress_at(lines: list[str]) -> datetime:

@@ -29,7 +29,7 @@ from firmware_sim import (
     messages,
     parse_broker_url,
 )
-from firmware_sim.link import NO_MATCHING_SUBSCRIBERS, Link
+from firmware_sim.link import NO_MATCHING_SUBSCRIBERS, NOT_AUTHORIZED, QUOTA_EXCEEDED, Link
 from silobreak.local import LocalMosquitto
 from tests.firmware_sim.checks import Subscriber, decode, small_city
 
@@ -453,3 +453,75 @@ def test_unrouted_telemetry_goes_back_to_the_front_of_the_buffer_in_the_order_it
     link._acknowledged_v5(None, None, 4, unrouted, None)
     assert (link.acked, link.unrouted, link.held) == (2, 2, False)
     selector.close()
+
+
+# -- MQTT 5: messages the broker refuses (PUBACK 0x87, 0x97) -----------------------------------
+
+
+def test_a_message_the_broker_refuses_is_counted_as_refused_not_published() -> None:
+    selector = selectors.DefaultSelector()
+    link = Link(
+        client_id="fw-refused-0001",
+        device_ids=("fw-refused-0001",),
+        broker=parse_broker_url("mqtt://127.0.0.1:1"),
+        username=None,
+        password=None,
+        selector=selector,
+        keepalive=60,
+        inflight=20,
+        capacity=4,
+        will=None,
+        on_lost=lambda _link: None,
+        online=lambda: b"{}",
+        pending_writes=set(),
+        mqtt_version="5",
+    )
+    telemetry = "devices/fw-refused-0001/telemetry"
+    answers = [NOT_AUTHORIZED, QUOTA_EXCEEDED, 0, NOT_AUTHORIZED]
+    topics = [telemetry, telemetry, telemetry, "devices/fw-refused-0001/events"]
+    for mid, topic_name in enumerate(topics, start=1):
+        link._in_flight[mid] = (topic_name, b"%d" % mid)
+    link.outstanding = len(topics)
+    for mid, code in enumerate(answers, start=1):
+        link._acknowledged_v5(
+            None, None, mid, ReasonCode(PacketTypes.PUBACK, identifier=code), None
+        )
+    # Refused for good: not published, not sent again, and the link does not hold.
+    assert (link.acked, link.refused, link.unrouted, link.outstanding) == (1, 3, 0, 0)
+    assert not link.backlog and not link.held and link.window == 20
+    selector.close()
+
+
+@pytest.mark.integration
+def test_telemetry_the_broker_acl_denies_is_refused_and_not_counted_as_published(
+    service_dir: Path,
+) -> None:
+    fleet, slug = _fleet(_PLAIN)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    allowed = sorted(device.device_id for device in fleet.devices)[: len(fleet) // 2]
+    acl = service_dir / "acl"
+    acl.write_text(
+        "topic read devices/#\ntopic write devices/+/status\n"
+        + "".join(f"topic write devices/{d}/telemetry\n" for d in allowed),
+        encoding="utf-8",
+    )
+    broker = LocalMosquitto(service_dir, extra_config=f"acl_file {acl}", persistence=False)
+    broker.start()
+    subscriber = Subscriber(broker.url, f"sub-{slug}", slug)
+    try:
+        runner = FleetRunner(
+            fleet, url=broker.url, mqtt_version="5", speed=600.0, start=start, max_messages=400
+        )
+        stats = runner.run()
+        sent = _telemetry(fleet, start, 400)
+        permitted = [m for m in sent if m[0].split("/")[1] in allowed]
+        assert 0 < len(permitted) < len(sent) == 400
+        # Mosquitto answers a publish its ACL denies with 0x87: refused, never published.
+        assert (stats.acknowledged, stats.refused) == (len(permitted), len(sent) - len(permitted))
+        assert stats.unsent == 0 and stats.dropped == 0 and stats.unrouted == 0
+        assert subscriber.wait_until(
+            lambda: Counter(subscriber.payloads("telemetry")) == Counter(permitted)
+        ), len(subscriber.payloads("telemetry"))
+    finally:
+        subscriber.close()
+        broker.stop()
