@@ -87,6 +87,9 @@ def rejects_replay(
     stored leaves the dead-letter table in the same transaction; what still fails stays,
     with the reason it fails for now (store_refused, with the database's error, for what
     the database still refuses: the rest of its batch is stored).
+
+    Exits 1, saying how many, when any replayed message still fails; 0 when every one was
+    stored (status messages, which are not telemetry, are skipped and do not count).
     """
     from silobreak.replay import ReplayLimits, replay_rejects  # noqa: PLC0415
 
@@ -107,6 +110,12 @@ def rejects_replay(
         )
     )
     click.echo(result.summary())
+    failing = sum(result.still_failing.values())
+    if failing:
+        raise click.ClickException(
+            f"{failing} replayed dead letter(s) still fail; they stay, with the reason they fail"
+            " for now (`silobreak rejects stats --by reason`)"
+        )
 
 
 @rejects.command("expire")

@@ -31,8 +31,32 @@ _CLI = "import silobreak.cli_rejects; from silobreak.cli import main; main(prog_
 
 
 def silobreak(tmp_path: Path, db_url: str, *args: str, **env: str) -> str:
+    result = run_silobreak(tmp_path, db_url, *args, **env)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+def still_failing(tmp_path: Path, db_url: str, *args: str) -> str:
+    """Run a replay that leaves dead letters failing: exit 1, and one line saying how many."""
+    result = run_silobreak(tmp_path, db_url, "rejects", "replay", *args)
+    assert result.returncode == 1, result.stderr
+    failing = int(result.stdout.split(" still failing")[0].rsplit(", ", 1)[1])
+    assert failing > 0
+    said = (
+        f"Error: {failing} replayed dead letter(s) still fail; they stay, with the reason they"
+        " fail for now (`silobreak rejects stats --by reason`)"
+    )
+    assert result.stderr.strip().splitlines()[-1] == said
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+def run_silobreak(
+    tmp_path: Path, db_url: str, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SILOBREAK_")}
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", _CLI, *args],
         env={**clean, "SILOBREAK_DATABASE_URL": db_url, **env},
         cwd=tmp_path,
@@ -41,9 +65,6 @@ def silobreak(tmp_path: Path, db_url: str, *args: str, **env: str) -> str:
         timeout=60,
         check=False,
     )
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    return result.stdout
 
 
 def dead_letter(db_url: str, device_id: str, body: dict[str, Any], received_at: datetime) -> str:
@@ -118,7 +139,7 @@ def test_replay_stores_a_late_registered_devices_messages_and_settles_them(
     write(db_url, {}, [RejectRow(NOW, f"devices/{late}/status", late, "unknown_device", "", b"{}")])
     register(db_url, new_record(late, "air_sensor"))
 
-    out = silobreak(tmp_path, db_url, "rejects", "replay")
+    out = still_failing(tmp_path, db_url)
     assert "3 stored, 2 still failing (1 schema_violation, 1 unknown_device)" in out
     assert "1 skipped" in out
     stored = query(
@@ -140,7 +161,7 @@ def test_replay_stores_a_late_registered_devices_messages_and_settles_them(
         (late, "unknown_device", f"devices/{late}/status"),
     ]
     # Nothing left to store: a second replay changes nothing.
-    assert "0 stored, 2 still failing" in silobreak(tmp_path, db_url, "rejects", "replay")
+    assert "0 stored, 2 still failing" in still_failing(tmp_path, db_url)
 
 
 def test_replay_takes_only_what_its_filters_select(
@@ -236,7 +257,7 @@ def test_replay_stores_what_the_database_takes_and_keeps_what_it_still_refuses(
     # The constraint behind the dead letters is fixed; another, still in place, refuses some.
     refuse_sentinel(db_url)
 
-    out = silobreak(tmp_path, db_url, "rejects", "replay", "--device", device)
+    out = still_failing(tmp_path, db_url, "--device", device)
     line = out.strip().splitlines()[-1]
     assert line.startswith(
         "replayed 20 dead letter(s): 17 stored, 3 still failing (3 store_refused; "
@@ -260,7 +281,7 @@ def test_replay_stores_what_the_database_takes_and_keeps_what_it_still_refuses(
         assert detail.endswith("(SQLSTATE 23514)")
 
     # Refused again, and left as they are.
-    again = silobreak(tmp_path, db_url, "rejects", "replay", "--reason", STORE_REFUSED)
+    again = still_failing(tmp_path, db_url, "--reason", STORE_REFUSED)
     assert "replayed 3 dead letter(s): 0 stored, 3 still failing (3 store_refused; " in again
     assert dead_letters_of(db_url, device) == left
     # Once the database takes them, they are stored and settled.
