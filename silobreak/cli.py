@@ -74,6 +74,11 @@ def main(ctx: click.Context, debug: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not debug:
+        # httpx logs every request at INFO: a line per SSE reconnect or API call would bury
+        # the command's own output (`subscribe` prints readings on stdout, notes on stderr).
+        for chatty in ("httpx", "httpcore"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def _settings(ctx: click.Context) -> Settings:

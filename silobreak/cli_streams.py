@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -141,7 +143,12 @@ def subscribe(
     async def run(client: Any) -> None:
         seen = 0
         async for reading in client.subscribe(subscription_id=subscription_id, **spec):
-            click.echo(json.dumps(reading, default=str))
+            try:
+                click.echo(json.dumps(reading, default=str))
+            except BrokenPipeError:
+                # The reader is gone (`| head`): end quietly, as `cat` does.
+                _stdout_to_devnull()
+                return
             seen += 1
             if count is not None and seen >= count:
                 return
@@ -154,6 +161,13 @@ def subscribe(
         raise click.ClickException(f"subscription ended: {exc.reason}") from None
     except KeyboardInterrupt:
         return
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 @bench.command("fanout")

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from datetime import UTC, datetime
+import os
+import selectors
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO
 
 import pytest
 from click.testing import CliRunner
@@ -43,3 +51,54 @@ def test_grants_are_created_listed_and_revoked_and_subscribe_prints_readings(
                             env={"SILOBREAK_API_TOKEN": town.tokens["planning"]})  # fmt: skip
     assert refused.exit_code == 1
     assert "403 not_owner" in refused.output
+
+
+def test_subscribe_piped_into_a_reader_that_stops_ends_quietly_without_request_logs(
+    town: Town, tmp_path: Path
+) -> None:
+    p = town.prefix
+    grant = town.grant("mobility", consumer="planning", device_types=["traffic_light"],
+                       metrics=["vehicle_count"])  # fmt: skip
+    now = datetime.now(UTC)
+    # More history than a pipe holds (64 KiB): the command is still printing when `head` quits.
+    town.write(
+        "traffic_light", [(now - timedelta(seconds=s), f"{p}tl-n1", 2, s) for s in range(1000)]
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SILOBREAK_")}
+    env |= {"SILOBREAK_API_URL": town.base, "SILOBREAK_API_TOKEN": town.tokens["planning"]}
+    command = [sys.executable, "-m", "silobreak", "subscribe", "--grant", str(grant["id"]),
+               "--since", "1h"]  # fmt: skip
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = _line_within(proc.stdout, 30)
+        assert json.loads(first)["metric"] == "vehicle_count"
+        proc.stdout.close()  # as `head -1` does once it has its line
+        deadline = time.monotonic() + 60
+        k = 0
+        while proc.poll() is None:
+            assert time.monotonic() < deadline, "subscribe kept running with its reader gone"
+            # Live readings too, should the history have fitted in the pipe.
+            town.write("traffic_light", [(datetime.now(UTC), f"{p}tl-n1", 2, k)])
+            k += 1
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.5)
+        stderr = proc.stderr.read().decode()
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert proc.returncode == 0, stderr
+    assert "unreachable" not in stderr and "Traceback" not in stderr, stderr
+    assert "Broken pipe" not in stderr and "HTTP Request" not in stderr, stderr
+
+
+def _line_within(stream: IO[bytes], timeout: float) -> str:
+    """The first line of `stream`, failing the test if none comes within `timeout` s."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        assert selector.select(timeout), f"no line within {timeout} s"
+    return stream.readline().decode()
