@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import signal
 import tempfile
@@ -339,7 +340,9 @@ def demo(
         LocalPostgres(root / "pg") as pg,
         LocalMosquitto(root / "mqtt") as mqtt,
     ):
-        migrate(pg.url)
+        with _quiet("store.migrate"):
+            applied = migrate(pg.url)
+        click.echo(f"migrated: {len(applied)} migrations applied")
         settings = Settings(
             mqtt_url=mqtt.url,
             database_url=pg.url,
@@ -428,9 +431,27 @@ async def _progress(ingestor: Any, db_url: str, stop: asyncio.Event, sim: thread
         online = await asyncio.to_thread(_online, db_url)
         click.echo(
             f"{(rows - last_rows) / (now - last_t):8.0f} messages/s  {int(rows):9d} stored  "
-            f"{online:5d} devices online  rejects {rejects or 'none'}"
+            f"{online:5d} devices online  rejects {rejects_text(rejects)}"
         )
         last_rows, last_t = rows, now
+
+
+def rejects_text(counts: dict[str, int]) -> str:
+    """`malformed_payload 8, schema_violation 5`: the most frequent reason first; `none`."""
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{reason} {n}" for reason, n in ranked) or "none"
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Hold back a logger's INFO lines (the demo says in one line what they would say)."""
+    chatty = logging.getLogger(name)
+    level = chatty.level
+    chatty.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        chatty.setLevel(level)
 
 
 def _online(db_url: str) -> int:

@@ -175,3 +175,11 @@ def test_a_catalog_that_drops_a_migrated_type_is_refused_in_one_line(
     assert added.stdout.strip() == "applied: device type bin", added.stderr
     line = one_clear_line(cli(tmp_path, "migrate", SILOBREAK_DATABASE_URL=db_url))
     assert "the catalog has no device type 'bin'" in line
+
+
+def test_demo_prints_rejects_by_reason_most_frequent_first() -> None:
+    from silobreak.cli_run import rejects_text  # noqa: PLC0415
+
+    counts = {"schema_violation": 5, "malformed_payload": 8, "unknown_device": 5}
+    assert rejects_text(counts) == "malformed_payload 8, schema_violation 5, unknown_device 5"
+    assert rejects_text({}) == "none"

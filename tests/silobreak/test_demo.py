@@ -75,6 +75,13 @@ def test_demo_shows_data_within_a_minute_and_stops_cleanly_on_ctrl_c(tmp_path: P
                 break
             assert time.monotonic() < deadline, "".join(lines)
         assert stored > 0, "".join(lines)
+        # The migrations in one line; rejects as `reason n, ...`, never a Python dict.
+        migrated = [x for x in lines if "migrat" in x]
+        assert len(migrated) == 1, "".join(lines)
+        assert re.fullmatch(r"migrated: [1-9]\d* migrations applied\n", migrated[0]), migrated
+        progress = [x for x in lines if " stored " in x]
+        assert progress, "".join(lines)
+        assert all(re.search(r"rejects (none|[a-z_]+ \d+(, [a-z_]+ \d+)*)$", x) for x in progress)
         _the_printed_api_and_subscription_work("".join(lines), env, tmp_path)
         servers = _descendants(proc.pid)
         assert servers, "the demo runs its broker and database as child processes"
