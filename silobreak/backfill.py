@@ -29,6 +29,7 @@ import psycopg
 from devices.registry import RegistrySnapshot
 from devices.topics import TELEMETRY, topic
 from ingest.decode import Accepted, Window, decode
+from silobreak.errors import SilobreakError
 from store.maintain import policies, refresh_range
 from store.registry import load_snapshot
 from store.writer import InsertMode, ReadingsWriter, RejectRow, Row, merge_first_wins
@@ -47,7 +48,7 @@ _MAX_PAYLOAD: Final = 64 * 1024
 _EXAMPLES: Final = 5
 
 
-class BackfillError(Exception):
+class BackfillError(SilobreakError):
     """The input cannot be loaded at all (unreadable file, no usable columns)."""
 
 

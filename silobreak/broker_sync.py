@@ -16,6 +16,7 @@ import psycopg
 from psycopg import sql
 
 from devices.broker_auth import BrokerAuth
+from silobreak.errors import SilobreakError
 from store.lifecycle import load_broker_auth
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ _COALESCE_S: Final = 0.2
 MIN_SYNC_S: Final = 1.0
 
 
-class BrokerSyncError(OSError):
+class BrokerSyncError(SilobreakError, OSError):
     """The broker's files could not be written or the broker could not be signalled."""
 
 

@@ -21,7 +21,8 @@ from devices.catalog import DEVICE_TYPES, activate, active, configured_catalog
 from devices.errors import DevicesError
 from ingest.errors import IngestError
 from silobreak.bench.suite import BENCHMARKS
-from silobreak.settings import Settings, SettingsError, load_settings
+from silobreak.errors import CommandFailed, SilobreakError
+from silobreak.settings import Settings, load_settings
 from store.errors import StoreError, StoreUnavailable, first_line
 from streams import csvsafe
 
@@ -30,7 +31,7 @@ T = TypeVar("T")
 
 # Errors that mean "the user or the environment is wrong": one line, no traceback.
 _USER_ERRORS: tuple[type[BaseException], ...] = (
-    SettingsError,
+    SilobreakError,
     StoreError,
     IngestError,
     DevicesError,
@@ -57,9 +58,8 @@ class _Group(click.Group):
 def _extra_user_errors() -> tuple[type[BaseException], ...]:
     from firmware_sim.errors import SimError  # noqa: PLC0415 - keeps `--help` fast
     from ingest.mqtt_wire import MqttError  # noqa: PLC0415
-    from silobreak.local import LocalServiceError  # noqa: PLC0415
 
-    return (MqttError, LocalServiceError, SimError)
+    return (MqttError, SimError)
 
 
 @click.group(cls=_Group)
@@ -297,7 +297,7 @@ def bench(ctx: click.Context, only: tuple[str, ...], quick: bool, write: Path | 
         write_into(write, text)
         click.echo(f"wrote the report into {write}", err=True)
     if report.failed:
-        raise click.ClickException("; ".join(report.failed))
+        raise CommandFailed("; ".join(report.failed))
 
 
 @bench.command("ingest")
@@ -361,7 +361,7 @@ def docs_devices(check: bool, output: Path) -> None:
     text = render()
     if check:
         if not output.is_file() or output.read_text(encoding="utf-8") != text:
-            raise click.ClickException(f"{output} is out of date: run `silobreak docs devices`")
+            raise CommandFailed(f"{output} is out of date: run `silobreak docs devices`")
         click.echo(f"{output} matches the catalog")
         return
     output.write_text(text, encoding="utf-8")

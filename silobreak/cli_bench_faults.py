@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from silobreak.cli import bench
+from silobreak.errors import CommandFailed
 
 
 @bench.command("overload")
@@ -37,7 +38,7 @@ def bench_overload(
     )
     click.echo(report.markdown())
     if report.lost or report.unrouted or report.rejected:
-        raise click.ClickException(
+        raise CommandFailed(
             f"{report.lost:,} message(s) lost, {report.unrouted:,} unrouted, "
             f"{report.rejected:,} dead-lettered"
         )

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from silobreak.cli import _db, _settings, main
+from silobreak.errors import CommandFailed
 from silobreak.settings import SettingsError
 
 
@@ -33,7 +34,7 @@ def grafana_build(check: bool, output: Path | None, timezone: str | None) -> Non
     try:
         from grafana import build  # noqa: PLC0415 - the SDK is only needed here
     except ImportError as exc:
-        raise click.ClickException(
+        raise CommandFailed(
             f"cannot build dashboards ({exc}): pip install -e '.[dev]' (grafana-foundation-sdk)"
         ) from None
     out = output or build.DASHBOARDS
@@ -41,7 +42,7 @@ def grafana_build(check: bool, output: Path | None, timezone: str | None) -> Non
     if check:
         problems = build.check(out, timezone=zone)
         if problems:
-            raise click.ClickException(
+            raise CommandFailed(
                 "dashboards out of date (run `silobreak grafana build`):\n  "
                 + "\n  ".join(problems)
             )

@@ -20,6 +20,7 @@ from devices.catalog import MEDIA
 from devices.geojson import parse_geojson
 from devices.registry import DeviceRecord, new_record, parse_csv
 from silobreak.cli import DEVICE_TYPE, _db, _emit, _settings, devices, main, store_catalog
+from silobreak.errors import CommandFailed
 from silobreak.settings import Settings, SettingsError, parse_duration
 from store import audit
 from store.lifecycle import (
@@ -302,7 +303,7 @@ def devices_history(ctx: click.Context, device_id: str) -> None:
         ).fetchall()
         entries = audit.entries(conn, subject=device_id)
     if not owners:
-        raise click.ClickException(f"no device {device_id!r} in the registry")
+        raise CommandFailed(f"no device {device_id!r} in the registry")
     _emit(["owner_from", "service"], [list(o) for o in owners], "table")
     click.echo("")
     rows = [[e.at, e.actor, e.action, e.detail] for e in reversed(entries)]

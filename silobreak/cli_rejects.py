@@ -8,6 +8,7 @@ import click
 
 from ingest.decode import REASONS
 from silobreak.cli import _db, _emit, _settings, rejects, run_async
+from silobreak.errors import CommandFailed
 from silobreak.settings import parse_duration
 from store.rejects import RejectFilter
 
@@ -112,7 +113,7 @@ def rejects_replay(
     click.echo(result.summary())
     failing = sum(result.still_failing.values())
     if failing:
-        raise click.ClickException(
+        raise CommandFailed(
             f"{failing} replayed dead letter(s) still fail; they stay, with the reason they fail"
             " for now (`silobreak rejects stats --by reason`)"
         )

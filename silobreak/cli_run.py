@@ -21,6 +21,7 @@ import psycopg
 from devices.catalog import active
 from silobreak.cli import _db, _settings, ingest_config, main, run_async, use_recorded_catalog
 from silobreak.cli_identity import actor, apply_to_broker
+from silobreak.errors import CommandFailed
 from silobreak.settings import Settings, SettingsError, parse_duration
 from silobreak.sim_credentials import DEFAULT_SECRETS_FILE
 
@@ -242,7 +243,7 @@ def _credentials(
             err=True,
         )
     if not done.passwords:
-        raise click.ClickException("every device of the fleet is decommissioned: nothing to run")
+        raise CommandFailed("every device of the fleet is decommissioned: nothing to run")
     if probe:
         # A device whose secret just changed is refused until the broker reloads its files.
         device_id = done.changed[0] if done.changed else next(iter(done.passwords))

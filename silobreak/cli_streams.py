@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from silobreak.cli import _emit, _settings, bench, main
+from silobreak.errors import CommandFailed
 from silobreak.settings import Settings, SettingsError, parse_duration
 
 T = TypeVar("T")
@@ -36,9 +37,9 @@ def _call(ctx: click.Context, token: str | None, work: Callable[[Any], Awaitable
     try:
         return asyncio.run(go())
     except ClientError as exc:
-        raise click.ClickException(f"{exc.status} {exc.reason}: {exc.detail}") from None
+        raise CommandFailed(f"{exc.status} {exc.reason}: {exc.detail}") from None
     except OSError as exc:
-        raise click.ClickException(f"API {settings.api_url} unreachable: {exc}") from None
+        raise CommandFailed(f"API {settings.api_url} unreachable: {exc}") from None
 
 
 _token = click.option("--token", help="API bearer token (default: SILOBREAK_API_TOKEN).")
@@ -158,7 +159,7 @@ def subscribe(
     try:
         _call(ctx, token, run)
     except SubscriptionEnded as exc:
-        raise click.ClickException(f"subscription ended: {exc.reason}") from None
+        raise CommandFailed(f"subscription ended: {exc.reason}") from None
     except KeyboardInterrupt:
         return
 

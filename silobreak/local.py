@@ -22,6 +22,8 @@ from urllib.parse import quote
 
 import psycopg
 
+from silobreak.errors import SilobreakError
+
 logger = logging.getLogger(__name__)
 
 # A cold initdb + first start takes ~1 s here; CI machines under load can be 20x slower.
@@ -50,7 +52,7 @@ _PACKAGES = {
 }
 
 
-class LocalServiceError(Exception):
+class LocalServiceError(SilobreakError):
     """A local PostgreSQL or Mosquitto could not be found, started or stopped."""
 
 

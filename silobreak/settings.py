@@ -17,11 +17,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from silobreak.errors import SilobreakError
+
 _DURATION_RE: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
 _UNITS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-class SettingsError(Exception):
+class SettingsError(SilobreakError):
     """A setting is missing or malformed; the message says which and how to fix it."""
 
 

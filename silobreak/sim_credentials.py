@@ -18,6 +18,7 @@ from devices.credentials import broker_hash_matches
 from devices.registry import DeviceRecord
 from firmware_sim import BrokerError, parse_broker_url
 from firmware_sim.link import connect_refusal
+from silobreak.errors import SilobreakError
 from store.lifecycle import LifecycleError, register_devices, rotate_secret
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ BROKER_ACCEPT_TIMEOUT_S: Final = 40.0
 _PROBE_EVERY_S: Final = 0.2
 
 
-class SimSecretsError(OSError):
+class SimSecretsError(SilobreakError, OSError):
     """The simulator's secrets file cannot be read or written; the message names it."""
 
 

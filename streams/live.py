@@ -27,6 +27,7 @@ from store.writer import READINGS_CHANNEL
 from streams import cursor, history
 from streams.aggregate import AggregateKey, aggregates, key_of
 from streams.cursor import Catchup, Live, Replay, Watermark
+from streams.errors import StreamsError
 from streams.scope import Grant, Scope
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ _XID_DIGITS: Final = 20
 MIN_TICK_S: Final = 0.05
 
 
-class FeedClosed(Exception):
+class FeedClosed(StreamsError):
     """The feed's grant or subscription ended; `reason` says which (revoked, expired, ...)."""
 
     def __init__(self, reason: str) -> None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
+from streams.errors import StreamsError
+
 logger = logging.getLogger(__name__)
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
@@ -25,7 +27,7 @@ _SEPARATORS: Final = re.compile(r"%(2[fF]|5[cC])|\\")
 _CONTROL: Final = re.compile(r"[\x00-\x20\x7f]")
 
 
-class UrlRefused(ValueError):
+class UrlRefused(StreamsError, ValueError):
     """Not a webhook URL this platform sends to; the message says why."""
 
 
