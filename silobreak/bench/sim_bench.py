@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import resource
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from silobreak.bench.machine import describe_machine
+from silobreak.errors import SilobreakError
 from silobreak.local import LocalMosquitto
 
 SYSTEMS: Final = ("silobreak", "aiomqtt")
@@ -127,7 +129,13 @@ def run_sim_bench(
     systems: tuple[str, ...] = SYSTEMS,
     log: Callable[[str], None] = print,
 ) -> SimReport:
-    """Run each system `runs` times, alternately, each on a fresh broker."""
+    """Run each system `runs` times, alternately, each on a fresh broker.
+
+    SilobreakError, naming the `bench` extra, when the aiomqtt baseline is asked for and
+    aiomqtt is not installed (it is not a dependency of the platform itself).
+    """
+    if "aiomqtt" in systems:
+        require_aiomqtt()
     raise_fd_limit(devices + _SPARE_FDS)
     report = SimReport()
     root = Path(tempfile.mkdtemp(prefix="silobreak-simbench-"))
@@ -144,6 +152,17 @@ def run_sim_bench(
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return report
+
+
+def require_aiomqtt() -> None:
+    """SilobreakError naming the extra to install when aiomqtt cannot be imported."""
+    try:
+        importlib.import_module("aiomqtt")
+    except ImportError:
+        raise SilobreakError(
+            "the simulator benchmark's baseline needs aiomqtt: pip install 'silobreak[bench]'"
+            " (or run `silobreak bench simulator --no-baseline`)"
+        ) from None
 
 
 def raise_fd_limit(needed: int) -> None:

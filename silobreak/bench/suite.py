@@ -18,6 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from silobreak.errors import SilobreakError
+
 if TYPE_CHECKING:
     from silobreak.bench.machine import Machine
 
@@ -407,7 +409,8 @@ def run_suite(
             bench(profile, outcome, log)
         except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others
             outcome.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            log(traceback.format_exc())
+            # A SilobreakError says what to do in its line (e.g. which extra to install).
+            log(str(exc) if isinstance(exc, SilobreakError) else traceback.format_exc())
         outcome.seconds = time.monotonic() - started
         report.outcomes.append(outcome)
         log(f"[{i}/{len(names)}] {name}: done in {outcome.seconds:.0f} s")

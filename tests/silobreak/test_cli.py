@@ -183,3 +183,24 @@ def test_demo_prints_rejects_by_reason_most_frequent_first() -> None:
     counts = {"schema_violation": 5, "malformed_payload": 8, "unknown_device": 5}
     assert rejects_text(counts) == "malformed_payload 8, schema_violation 5, unknown_device 5"
     assert rejects_text({}) == "none"
+
+
+def test_bench_simulator_without_aiomqtt_names_the_bench_extra_in_one_line(tmp_path: Path) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SILOBREAK_")}
+    # As an install without the `bench` extra: `import aiomqtt` fails.
+    without = "import sys; sys.modules['aiomqtt'] = None; from silobreak.cli import main; main()"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", without, *args],
+            env=clean, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    assert run("bench", "simulator", "--help").returncode == 0  # the CLI itself imports
+    result = run("bench", "simulator", "--devices", "1", "--runs", "1")
+    assert result.returncode == 1
+    said = (
+        "Error: the simulator benchmark's baseline needs aiomqtt: pip install 'silobreak[bench]'"
+        " (or run `silobreak bench simulator --no-baseline`)"
+    )
+    assert result.stderr.splitlines() == [said]
