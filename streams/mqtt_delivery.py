@@ -10,11 +10,11 @@ import asyncio
 import logging
 import uuid
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from mqtt import BadMqttUrl, MqttUrl
 from streams.errors import StreamsError
 
 logger = logging.getLogger(__name__)
@@ -33,19 +33,20 @@ class MqttDelivery:
     """One broker connection shared by a gateway's MQTT subscriptions."""
 
     def __init__(self, url: str, *, client_id: str | None = None) -> None:
-        parts = urlsplit(url)
-        self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        try:
+            broker = MqttUrl.parse(url)
+        except BadMqttUrl as exc:
+            raise MqttDeliveryError(str(exc)) from None
+        self._host = broker.host
+        self._port = broker.port
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"streams-{uuid.uuid4().hex[:12]}",
             protocol=paho.MQTTv311,
         )
-        if parts.username:
-            self._client.username_pw_set(
-                unquote(parts.username), unquote(parts.password) if parts.password else None
-            )
-        if parts.scheme == "mqtts":
+        if broker.username is not None:
+            self._client.username_pw_set(broker.username, broker.password)
+        if broker.tls:
             self._client.tls_set()
         self._connected = asyncio.Event()
 

@@ -19,15 +19,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ingest.mqtt_codec import (
-    BadMqttUrl,
-    BrokerUnreachable,
+from mqtt import MqttPublisher, MqttSubscriber
+from mqtt.codec import (
     ConnAck,
-    ConnectionRefused,
     Disconnect,
-    MqttError,
-    MqttProtocolError,
-    MqttUrl,
     PacketReader,
     PingResp,
     PubAck,
@@ -40,7 +35,13 @@ from ingest.mqtt_codec import (
     encode_publish,
     encode_subscribe,
 )
-from ingest.mqtt_wire import MqttPublisher, MqttSubscriber
+from mqtt.errors import (
+    BadMqttUrl,
+    BrokerUnreachable,
+    ConnectionRefused,
+    MqttError,
+    MqttProtocolError,
+)
 from silobreak.local import LocalMosquitto, free_port
 from tests.support.proxy import Proxy
 
@@ -209,30 +210,7 @@ def test_qos1_publish_needs_a_packet_id() -> None:
         encode_publish("t", b"", qos=1)
 
 
-# -- URLs and errors ------------------------------------------------------------------------
-
-
-def test_url_parses_credentials_port_and_tls() -> None:
-    url = MqttUrl.parse("mqtts://ingest:p%40ss%3Aw@broker.city.example")
-    assert url == MqttUrl("broker.city.example", 8883, "ingest", "p@ss:w", tls=True)
-    assert "p@ss" not in repr(url)
-    assert MqttUrl.parse("mqtt://127.0.0.1:1884") == MqttUrl("127.0.0.1", 1884)
-
-
-@pytest.mark.parametrize(
-    ("url", "says"),
-    [
-        ("http://u:secret@host", "mqtt://"),
-        ("mqtt://u:secret@:1883", "no host"),
-        ("mqtt://u:secret@host:99999", "out of range"),
-        ("mqtt://u:secret@host:1883/x", "path"),
-    ],
-)
-def test_bad_url_is_one_readable_line_without_the_password(url: str, says: str) -> None:
-    with pytest.raises(BadMqttUrl, match=says) as caught:
-        MqttUrl.parse(url)
-    assert "secret" not in str(caught.value)
-    assert "\n" not in str(caught.value)
+# -- errors ------------------------------------------------------------------------------
 
 
 def test_ssl_context_with_a_plain_url_is_refused() -> None:

@@ -11,8 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from typing import TypeVar, cast
 
-from ingest.mqtt_codec import (
-    _V3_CONNACK_NAMES,
+from mqtt.codec import (
     BACKOFF_FIRST_S,
     BACKOFF_MAX_S,
     CONNECT_TIMEOUT_S,
@@ -21,48 +20,34 @@ from ingest.mqtt_codec import (
     PUBLISH_CHUNK,
     RECEIVE_MAXIMUM,
     SESSION_EXPIRY_S,
-    BadMqttUrl,
-    BrokerUnreachable,
     ConnAck,
-    ConnectionRefused,
     Disconnect,
-    MqttConnectionLost,
-    MqttError,
-    MqttProtocolError,
-    MqttUrl,
     Packet,
     PacketReader,
     PingResp,
     PubAck,
     Publish,
-    PublishRejected,
     SubAck,
-    SubscriptionRefused,
     Will,
-    _redact,
     encode_connect,
     encode_disconnect,
     encode_pubacks,
     encode_publish,
     encode_subscribe,
+)
+from mqtt.errors import (
+    _V3_CONNACK_NAMES,
+    BadMqttUrl,
+    BrokerUnreachable,
+    ConnectionRefused,
+    MqttConnectionLost,
+    MqttError,
+    MqttProtocolError,
+    PublishRejected,
+    SubscriptionRefused,
     reason_name,
 )
-
-# The client API, and the codec names its callers need, importable from here.
-__all__ = [
-    "BadMqttUrl",
-    "BrokerUnreachable",
-    "ConnectionRefused",
-    "MqttConnectionLost",
-    "MqttError",
-    "MqttProtocolError",
-    "MqttPublisher",
-    "MqttSubscriber",
-    "MqttUrl",
-    "PublishRejected",
-    "SubscriptionRefused",
-    "Will",
-]
+from mqtt.url import MqttUrl, redact
 
 logger = logging.getLogger(__name__)
 
@@ -145,10 +130,10 @@ class _Client:
     ) -> None:
         self.url = MqttUrl.parse(url)
         if ssl is not None and not self.url.tls:
-            raise BadMqttUrl(f"an SSL context was given for {_redact(url)!r}: write mqtts://")
+            raise BadMqttUrl(f"an SSL context was given for {redact(url)!r}: write mqtts://")
         self._ssl = ssl if ssl is not None or not self.url.tls else _ssl.create_default_context()
         self.client_id = client_id
-        self.broker = f"{self.url.host}:{self.url.port}"
+        self.broker = self.url.broker
         self._keepalive = keepalive
         self._connect = {
             clean: encode_connect(
