@@ -8,15 +8,14 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final, Literal
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.topics import STATUS, TELEMETRY, topic
 from firmware_sim.errors import BrokerError
+from mqtt import BadMqttUrl, MqttUrl
 
 logger = logging.getLogger(__name__)
 
@@ -35,47 +34,22 @@ QUOTA_EXCEEDED: Final = 0x97
 _FIRST_FAILURE: Final = 0x80
 _TELEMETRY_SUFFIX: Final = "/" + TELEMETRY
 
-_DEFAULT_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}
 # A refused or black-holed broker must not stall the loop for the whole fleet.
 CONNECT_TIMEOUT_S: Final = 3.0
 # A probe's socket wait per turn: short, so its deadline is kept to within a few ms.
 _PROBE_TURN_S: Final = 0.05
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    """Where the broker is, from `mqtt://user:pass@host:port` (or mqtts:// for TLS)."""
-
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-
-    def __str__(self) -> str:
-        scheme = "mqtts" if self.tls else "mqtt"
-        user = f"{self.username}@" if self.username else ""
-        return f"{scheme}://{user}{self.host}:{self.port}"
+# Where the broker is: the project's one broker URL parser, under the simulator's name.
+BrokerAddress = MqttUrl
 
 
 def parse_broker_url(url: str) -> BrokerAddress:
     """Parse a broker URL; BrokerError says what is wrong with it."""
-    parts = urlsplit(url)
-    if parts.scheme not in _DEFAULT_PORTS:
-        raise BrokerError(f"broker URL {url!r}: use mqtt://[user:pass@]host[:port] or mqtts://")
     try:
-        port = parts.port or _DEFAULT_PORTS[parts.scheme]
-    except ValueError:
-        raise BrokerError(f"broker URL {url!r}: the port is not a number 1-65535") from None
-    if not parts.hostname:
-        raise BrokerError(f"broker URL {url!r}: no host")
-    return BrokerAddress(
-        host=parts.hostname,
-        port=port,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-        tls=parts.scheme == "mqtts",
-    )
+        return MqttUrl.parse(url)
+    except BadMqttUrl as exc:
+        raise BrokerError(str(exc)) from None
 
 
 class Link:

@@ -18,8 +18,8 @@ from devices.topics import shared_filter
 from ingest.decode import STORE_REFUSED, Accepted, Row, Window, decode, device_id_of
 from ingest.errors import IngestError
 from ingest.metrics import IngestMetrics
-from ingest.mqtt_wire import MqttSubscriber
 from ingest.status import STATUS_FILTER, STATUS_SUFFIX, PresenceWriter, Status, take_status
+from mqtt import MqttError, MqttSubscriber
 from store.deadline import DEFAULT_TIMEOUT, Deadline, connect_kwargs
 from store.errors import StoreError, StoreRefused, StoreUnavailable, first_line
 from store.registry import load_snapshot, registry_version
@@ -87,18 +87,21 @@ class Ingestor:
         self._presence = PresenceWriter(
             config.database_url, name=f"presence {config.client_id}", timeout=config.store_timeout
         )
-        self._subscriber = MqttSubscriber(
-            config.mqtt_url,
-            client_id=config.client_id,
-            topic_filters=[
-                shared_filter(config.share_group),
-                shared_filter(config.share_group, STATUS_FILTER),
-            ],
-            on_publish=self._on_publish,
-            session_expiry=int(config.session_expiry.total_seconds()),
-            receive_maximum=config.receive_maximum,
-            clean_start=False,
-        )
+        try:
+            self._subscriber = MqttSubscriber(
+                config.mqtt_url,
+                client_id=config.client_id,
+                topic_filters=[
+                    shared_filter(config.share_group),
+                    shared_filter(config.share_group, STATUS_FILTER),
+                ],
+                on_publish=self._on_publish,
+                session_expiry=int(config.session_expiry.total_seconds()),
+                receive_maximum=config.receive_maximum,
+                clean_start=False,
+            )
+        except MqttError as exc:  # a broker URL that cannot be used
+            raise IngestError(f"MQTT: {exc}") from exc
         self._batch: _Batch | None = None
         self._sealed: deque[_Batch] = deque()
         self._wakeup = asyncio.Event()
@@ -120,7 +123,10 @@ class Ingestor:
                 why = first_line(exc)
                 raise IngestError(f"database: cannot load the registry: {why}") from exc
             logger.info("registry: %d active devices", len(self._registry))
-            await self._subscriber.start()
+            try:
+                await self._subscriber.start()
+            except MqttError as exc:
+                raise IngestError(f"MQTT: {exc}") from exc
             logger.info(
                 "ingest %s: subscribed to %s",
                 self.config.client_id,

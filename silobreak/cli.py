@@ -57,7 +57,7 @@ class _Group(click.Group):
 
 def _extra_user_errors() -> tuple[type[BaseException], ...]:
     from firmware_sim.errors import SimError  # noqa: PLC0415 - keeps `--help` fast
-    from ingest.mqtt_wire import MqttError  # noqa: PLC0415
+    from mqtt import MqttError  # noqa: PLC0415
 
     return (MqttError, SimError)
 

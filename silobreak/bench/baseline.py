@@ -15,13 +15,14 @@ import threading
 import time
 from datetime import UTC, datetime
 from typing import Any, Final
-from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from mqtt import MqttUrl
 
 FLUSH_ROWS: Final = 5000
 FLUSH_SECONDS: Final = 0.2
@@ -33,7 +34,7 @@ TABLE_DDL: Final = (
 
 
 def main(mqtt_url: str, db_url: str, client_id: str) -> None:
-    url = urlparse(mqtt_url)
+    url = MqttUrl.parse(mqtt_url)
     inbox: queue.Queue[tuple[int, bytes, bytes]] = queue.Queue(maxsize=50_000)
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
@@ -54,9 +55,9 @@ def main(mqtt_url: str, db_url: str, client_id: str) -> None:
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 0  # like the bench's ingestors: no session left behind
     props.ReceiveMaximum = 20_000
-    client.connect(
-        url.hostname or "127.0.0.1", url.port or 1883, clean_start=False, properties=props
-    )
+    if url.username is not None:
+        client.username_pw_set(url.username, url.password)
+    client.connect(url.host, url.port, clean_start=False, properties=props)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     client.loop_start()

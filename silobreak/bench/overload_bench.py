@@ -362,7 +362,7 @@ class _BrokerStats:
         self._thread.join(_STARTED_TIMEOUT_S)
 
     def _run(self, url: str, ready: threading.Event) -> None:
-        from ingest.mqtt_wire import MqttSubscriber  # noqa: PLC0415
+        from mqtt import MqttSubscriber  # noqa: PLC0415
 
         def on_publish(_packet_id: int, topic: str, payload: bytes) -> None:
             self._values[topic] = int(float(payload))

@@ -14,7 +14,7 @@ import json
 import time
 from typing import Any, Final
 
-from ingest.mqtt_wire import MqttPublisher
+from mqtt import MqttPublisher
 
 # Devices are `{PREFIX}00000` ... as `silobreak bench overload` registers them.
 PREFIX: Final = "overload-air-"

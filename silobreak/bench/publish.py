@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-from ingest.mqtt_wire import MqttPublisher
+from mqtt import MqttPublisher
 
 # Publishes per write while pacing at a fixed rate: 20 writes a second keeps the rate smooth.
 _PACE_STEPS_PER_S = 20

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 
 from devices.registry import DeviceRecord, new_record
-from ingest.mqtt_wire import MqttError, MqttPublisher
+from mqtt import MqttError, MqttPublisher
 from silobreak.local import free_port
 from store.registry import upsert_devices
 

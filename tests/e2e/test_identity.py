@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from devices.registry import new_record
-from ingest.mqtt_wire import MqttError, MqttPublisher, PublishRejected, Will
+from mqtt import MqttError, MqttPublisher, PublishRejected, Will
 from store.lifecycle import transfer
 from tests.e2e.harness import IngestProcess, query, wait_until
 from tests.e2e.secure_broker import (

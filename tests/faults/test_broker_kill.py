@@ -30,7 +30,7 @@ import pytest
 from psycopg import sql
 
 from devices.registry import DeviceRecord
-from ingest.mqtt_wire import MqttPublisher
+from mqtt import MqttPublisher
 from silobreak.broker_config import BrokerConfig, render
 from silobreak.local import LocalMosquitto
 from store.schema import READINGS_TABLES

@@ -19,15 +19,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ingest.mqtt_codec import (
-    BadMqttUrl,
-    BrokerUnreachable,
+from mqtt import MqttPublisher, MqttSubscriber
+from mqtt.codec import (
     ConnAck,
-    ConnectionRefused,
     Disconnect,
-    MqttError,
-    MqttProtocolError,
-    MqttUrl,
     PacketReader,
     PingResp,
     PubAck,
@@ -40,7 +35,15 @@ from ingest.mqtt_codec import (
     encode_publish,
     encode_subscribe,
 )
-from ingest.mqtt_wire import MqttPublisher, MqttSubscriber
+from mqtt.errors import (
+    BadMqttUrl,
+    BrokerUnreachable,
+    ConnectionRefused,
+    MqttConnectionLost,
+    MqttError,
+    MqttProtocolError,
+    PublishRejected,
+)
 from silobreak.local import LocalMosquitto, free_port
 from tests.support.proxy import Proxy
 
@@ -209,30 +212,7 @@ def test_qos1_publish_needs_a_packet_id() -> None:
         encode_publish("t", b"", qos=1)
 
 
-# -- URLs and errors ------------------------------------------------------------------------
-
-
-def test_url_parses_credentials_port_and_tls() -> None:
-    url = MqttUrl.parse("mqtts://ingest:p%40ss%3Aw@broker.city.example")
-    assert url == MqttUrl("broker.city.example", 8883, "ingest", "p@ss:w", tls=True)
-    assert "p@ss" not in repr(url)
-    assert MqttUrl.parse("mqtt://127.0.0.1:1884") == MqttUrl("127.0.0.1", 1884)
-
-
-@pytest.mark.parametrize(
-    ("url", "says"),
-    [
-        ("http://u:secret@host", "mqtt://"),
-        ("mqtt://u:secret@:1883", "no host"),
-        ("mqtt://u:secret@host:99999", "out of range"),
-        ("mqtt://u:secret@host:1883/x", "path"),
-    ],
-)
-def test_bad_url_is_one_readable_line_without_the_password(url: str, says: str) -> None:
-    with pytest.raises(BadMqttUrl, match=says) as caught:
-        MqttUrl.parse(url)
-    assert "secret" not in str(caught.value)
-    assert "\n" not in str(caught.value)
+# -- errors ------------------------------------------------------------------------------
 
 
 def test_ssl_context_with_a_plain_url_is_refused() -> None:
@@ -590,6 +570,49 @@ def test_publisher_flush_waits_for_every_ack(broker: LocalMosquitto, topic: str)
 
 
 @pytest.mark.integration
+def test_publish_acked_returns_each_pubacks_reason_code(broker: LocalMosquitto, topic: str) -> None:
+    async def go() -> None:
+        pub = MqttPublisher(broker.url, client_id=client_id("pub"))
+        await pub.start()
+        sub = subscriber(broker.url, client_id("sub"), topic, clean_start=True, session_expiry=0)
+        try:
+            assert await pub.publish_acked(topic, b"nobody") == 0x10  # no matching subscribers
+            await sub.start()
+            assert await pub.publish_acked(topic, b"someone") == 0
+            await wait_until(lambda: received_by(sub).payloads == [b"someone"], "the message")
+            assert (pub.acks_received, pub.unrouted) == (2, 1)
+            await pub.flush()  # the caller heard both codes; nothing is left for flush()
+        finally:
+            await sub.stop()
+            await pub.stop()
+
+    run(go())
+
+
+@pytest.mark.integration
+def test_publish_acked_fails_when_the_connection_goes_before_its_puback(
+    broker: LocalMosquitto, topic: str
+) -> None:
+    async def go() -> None:
+        async with Proxy(broker.port) as proxy:
+            pub = MqttPublisher(proxy.url, client_id=client_id("pub"))
+            await pub.start()
+            assert await pub.publish_acked(topic, b"before") in (0, 0x10)
+            proxy.freeze()  # from here no PUBACK can come
+            waiting = asyncio.create_task(pub.publish_acked(topic, b"during"))
+            await wait_until(lambda: pub.published == 2, "the second publish")
+            assert not waiting.done()
+            pub.abort()
+            with pytest.raises(MqttConnectionLost):
+                await waiting
+            assert not pub.connected
+            with pytest.raises(MqttConnectionLost):
+                await pub.publish_acked(topic, b"after")
+
+    run(go())
+
+
+@pytest.mark.integration
 def test_a_qos0_message_comes_with_packet_id_0_and_needs_no_ack(
     broker: LocalMosquitto, topic: str
 ) -> None:
@@ -667,6 +690,35 @@ def test_a_refused_connection_says_why(
             f"MQTT broker 127.0.0.1:{password_broker.port} refused client 'ingest-1': "
             f"{name} (reason code 0x{code:02X}); check the user name and password"
         )
+
+    run(go())
+
+
+@pytest.fixture(scope="module")
+def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMosquitto]:
+    base = tmp_path_factory.mktemp("mosquitto-acl")
+    passwords, acl = base / "passwords", base / "acl"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "streams", "pw"], check=True)
+    acl.write_text("user streams\ntopic readwrite allowed/#\n")
+    config = f"allow_anonymous false\npassword_file {passwords}\nacl_file {acl}\n"
+    with LocalMosquitto(base, persistence=False, extra_config=config) as mosquitto:
+        yield mosquitto
+
+
+@pytest.mark.integration
+def test_publish_acked_refused_by_the_acl_is_publish_rejected(acl_broker: LocalMosquitto) -> None:
+    async def go() -> None:
+        url = f"mqtt://streams:pw@127.0.0.1:{acl_broker.port}"
+        pub = MqttPublisher(url, client_id=client_id("pub"))
+        await pub.start()
+        try:
+            with pytest.raises(PublishRejected, match="not authorized") as caught:
+                await pub.publish_acked("forbidden/x", b"no")
+            assert "'forbidden/x'" in str(caught.value)
+            assert await pub.publish_acked("allowed/x", b"yes") == 0x10
+            await pub.flush()  # the refusal went to its caller, not to flush()
+        finally:
+            await pub.stop()
 
     run(go())
 

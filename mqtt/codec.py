@@ -1,21 +1,17 @@
-"""MQTT 5.0 on the wire: errors, broker URLs, packet encoding and an incremental parser."""
+"""MQTT 5.0 on the wire: packet encoding and an incremental parser."""
 
 from __future__ import annotations
 
 import logging
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, NamedTuple, cast
-from urllib.parse import unquote, urlsplit
 
-from ingest.errors import IngestError
+from mqtt.errors import MqttProtocolError
 
 logger = logging.getLogger(__name__)
 
-# IANA ports for MQTT and MQTT over TLS.
-DEFAULT_PORT: Final = 1883
-DEFAULT_TLS_PORT: Final = 8883
 # Packet identifiers are 16-bit and never 0 (MQTT 5.0 §2.2.1).
 MAX_PACKET_ID: Final = 65535
 # The largest value a four-byte Variable Byte Integer holds (§1.5.5).
@@ -43,140 +39,6 @@ _PUBACK_WORD: Final = 0x4002_0000
 
 # The whole PINGREQ packet: type 12, remaining length 0 (§3.12).
 PINGREQ: Final = b"\xc0\x00"
-
-# Reason codes (§2.4) as readable names; 0x00 also means "granted QoS 0" and "normal".
-REASON_NAMES: Final[dict[int, str]] = {
-    0x00: "success", 0x01: "granted QoS 1", 0x02: "granted QoS 2",
-    0x04: "disconnect with will message", 0x10: "no matching subscribers",
-    0x80: "unspecified error", 0x81: "malformed packet", 0x82: "protocol error",
-    0x83: "implementation specific error", 0x84: "unsupported protocol version",
-    0x85: "client identifier not valid", 0x86: "bad user name or password",
-    0x87: "not authorized", 0x88: "server unavailable", 0x89: "server busy", 0x8A: "banned",
-    0x8B: "server shutting down", 0x8C: "bad authentication method",
-    0x8D: "keep alive timeout", 0x8E: "session taken over", 0x8F: "topic filter invalid",
-    0x90: "topic name invalid", 0x91: "packet identifier in use",
-    0x93: "receive maximum exceeded", 0x94: "topic alias invalid", 0x95: "packet too large",
-    0x96: "message rate too high", 0x97: "quota exceeded", 0x98: "administrative action",
-    0x99: "payload format invalid", 0x9A: "retain not supported", 0x9B: "QoS not supported",
-    0x9C: "use another server", 0x9D: "server moved",
-    0x9E: "shared subscriptions not supported", 0x9F: "connection rate exceeded",
-    0xA0: "maximum connect time", 0xA1: "subscription identifiers not supported",
-    0xA2: "wildcard subscriptions not supported",
-}  # fmt: skip
-# A broker that speaks only MQTT 3.1.1 answers our CONNECT with a 3.1.1 return code.
-_V3_CONNACK_NAMES: Final = {
-    1: "unsupported protocol version (the broker speaks only MQTT 3.1.1 or older)",
-    2: "client identifier not valid", 3: "server unavailable",
-    4: "bad user name or password", 5: "not authorized",
-}  # fmt: skip
-# CONNACK codes (v5 and 3.1.1) that a wrong user name or password earns; Mosquitto 2.0
-# answers both a bad password and a missing one with 0x87.
-_CREDENTIAL_CODES: Final = frozenset({0x86, 0x87, 0x8C, 4, 5})
-
-
-def reason_name(code: int) -> str:
-    return REASON_NAMES.get(code, f"reason code 0x{code:02X}")
-
-
-# -- errors ---------------------------------------------------------------------------------
-
-
-class MqttError(IngestError):
-    """Something went wrong talking MQTT to the broker."""
-
-
-class BadMqttUrl(MqttError):
-    """An MQTT URL that cannot be used; the message says what to write instead."""
-
-
-class BrokerUnreachable(MqttError):
-    """No TCP/TLS connection to the broker (refused, timed out, DNS, certificate)."""
-
-
-class ConnectionRefused(MqttError):
-    """The broker answered CONNECT with a failure reason code."""
-
-    def __init__(
-        self, reason_code: int, reason_name: str, *, broker: str = "", client_id: str = ""
-    ) -> None:
-        self.reason_code = reason_code
-        self.reason_name = reason_name
-        who = f"MQTT broker {broker}".rstrip()
-        whom = f" client {client_id!r}" if client_id else " the connection"
-        hint = "; check the user name and password" if reason_code in _CREDENTIAL_CODES else ""
-        super().__init__(
-            f"{who} refused{whom}: {reason_name} (reason code 0x{reason_code:02X}){hint}"
-        )
-
-
-class SubscriptionRefused(MqttError):
-    """The broker refused one topic filter of a SUBSCRIBE."""
-
-    def __init__(self, topic_filter: str, reason_code: int) -> None:
-        self.topic_filter = topic_filter
-        self.reason_code = reason_code
-        super().__init__(
-            f"MQTT broker refused the subscription to {topic_filter!r}: "
-            f"{reason_name(reason_code)} (reason code 0x{reason_code:02X})"
-        )
-
-
-class PublishRejected(MqttError):
-    """The broker answered QoS 1 publishes with a failure PUBACK."""
-
-
-class MqttConnectionLost(MqttError):
-    """The connection to the broker ended (network, keepalive, or a DISCONNECT from it)."""
-
-
-class MqttProtocolError(MqttError):
-    """The broker sent bytes that are not MQTT 5.0 as this client speaks it."""
-
-
-# -- URL --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MqttUrl:
-    """`mqtt://user:pass@host:port` or `mqtts://...` (TLS), parsed."""
-
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls: bool = False
-
-    @classmethod
-    def parse(cls, url: str) -> MqttUrl:
-        shown = _redact(url)
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
-            raise BadMqttUrl(f"MQTT URL {shown!r}: {exc}") from exc
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise BadMqttUrl(f"MQTT URL {shown!r}: write mqtt://host:port or mqtts://host:port")
-        if not parts.hostname:
-            raise BadMqttUrl(f"MQTT URL {shown!r} names no host: write mqtt://host:port")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise BadMqttUrl(f"MQTT URL {shown!r}: a path, query or fragment has no meaning")
-        tls = parts.scheme == "mqtts"
-        return cls(
-            host=parts.hostname,
-            port=port or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT),
-            username=None if parts.username is None else unquote(parts.username),
-            password=None if parts.password is None else unquote(parts.password),
-            tls=tls,
-        )
-
-
-def _redact(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
-
 
 # -- encoding -------------------------------------------------------------------------------
 

@@ -11,8 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from typing import TypeVar, cast
 
-from ingest.mqtt_codec import (
-    _V3_CONNACK_NAMES,
+from mqtt.codec import (
     BACKOFF_FIRST_S,
     BACKOFF_MAX_S,
     CONNECT_TIMEOUT_S,
@@ -21,48 +20,34 @@ from ingest.mqtt_codec import (
     PUBLISH_CHUNK,
     RECEIVE_MAXIMUM,
     SESSION_EXPIRY_S,
-    BadMqttUrl,
-    BrokerUnreachable,
     ConnAck,
-    ConnectionRefused,
     Disconnect,
-    MqttConnectionLost,
-    MqttError,
-    MqttProtocolError,
-    MqttUrl,
     Packet,
     PacketReader,
     PingResp,
     PubAck,
     Publish,
-    PublishRejected,
     SubAck,
-    SubscriptionRefused,
     Will,
-    _redact,
     encode_connect,
     encode_disconnect,
     encode_pubacks,
     encode_publish,
     encode_subscribe,
+)
+from mqtt.errors import (
+    _V3_CONNACK_NAMES,
+    BadMqttUrl,
+    BrokerUnreachable,
+    ConnectionRefused,
+    MqttConnectionLost,
+    MqttError,
+    MqttProtocolError,
+    PublishRejected,
+    SubscriptionRefused,
     reason_name,
 )
-
-# The client API, and the codec names its callers need, importable from here.
-__all__ = [
-    "BadMqttUrl",
-    "BrokerUnreachable",
-    "ConnectionRefused",
-    "MqttConnectionLost",
-    "MqttError",
-    "MqttProtocolError",
-    "MqttPublisher",
-    "MqttSubscriber",
-    "MqttUrl",
-    "PublishRejected",
-    "SubscriptionRefused",
-    "Will",
-]
+from mqtt.url import MqttUrl, redact
 
 logger = logging.getLogger(__name__)
 
@@ -145,10 +130,10 @@ class _Client:
     ) -> None:
         self.url = MqttUrl.parse(url)
         if ssl is not None and not self.url.tls:
-            raise BadMqttUrl(f"an SSL context was given for {_redact(url)!r}: write mqtts://")
+            raise BadMqttUrl(f"an SSL context was given for {redact(url)!r}: write mqtts://")
         self._ssl = ssl if ssl is not None or not self.url.tls else _ssl.create_default_context()
         self.client_id = client_id
-        self.broker = f"{self.url.host}:{self.url.port}"
+        self.broker = self.url.broker
         self._keepalive = keepalive
         self._connect = {
             clean: encode_connect(
@@ -255,6 +240,11 @@ class _Client:
 
     def _after_lost(self, error: MqttError) -> None:
         """What a subclass drops with the connection."""
+
+    def abort(self) -> None:
+        """Drop the connection now, without DISCONNECT (a broker that stopped answering)."""
+        if self._conn is not None:
+            self._conn.abort(MqttConnectionLost(f"connection to MQTT broker {self.broker} aborted"))
 
     async def _close(self, reason_code: int = 0) -> None:
         conn = self._conn
@@ -482,9 +472,10 @@ class MqttSubscriber(_Client):
 
 
 class MqttPublisher(_Client):
-    """Publishes with a window of unacknowledged QoS 1 messages (benchmarks, load, devices).
+    """Publishes with a window of unacknowledged QoS 1 messages (streams' delivery, benchmarks).
 
-    No reconnect: a lost connection fails the waiting calls with MqttConnectionLost.
+    No reconnect: a lost connection fails the waiting calls with MqttConnectionLost; the owner
+    starts a new publisher (as streams' MQTT delivery does).
     """
 
     def __init__(
@@ -517,7 +508,13 @@ class MqttPublisher(_Client):
         self._next_id = 1
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._rejected: dict[int, int] = {}  # failure reason code -> publishes, since flush()
+        self._acked: dict[int, asyncio.Future[int]] = {}  # publish_acked() waiting, by packet id
         self._lost: MqttError | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Started and not lost: a publisher that lost its connection stays lost."""
+        return self._conn is not None
 
     async def start(self) -> None:
         _, connack = await self._handshake(clean_start=True)
@@ -540,6 +537,26 @@ class MqttPublisher(_Client):
             encode_publish(topic, payload, qos=qos, retain=retain, packet_id=packet_id)
         )
         self.published += 1
+
+    async def publish_acked(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
+        """Send one QoS 1 message and wait for its PUBACK; return its reason code.
+
+        0 or 0x10 "no matching subscribers" (the broker took it); PublishRejected for a
+        failure code; MqttConnectionLost when the connection ends before the PUBACK.
+        """
+        await self._inflight_at_most(self.window - 1)
+        conn = self._live()
+        packet_id = self._take_id()
+        acked: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._acked[packet_id] = acked
+        conn.write(encode_publish(topic, payload, qos=1, retain=retain, packet_id=packet_id))
+        self.published += 1
+        code = await acked
+        if code >= 0x80:
+            why = f"{reason_name(code)} (reason code 0x{code:02X})"
+            msg = f"MQTT broker {self.broker} refused a publish to {topic!r}: {why}"
+            raise PublishRejected(msg)
+        return code
 
     async def publish_many(
         self, packets: Iterable[tuple[str, bytes]], *, qos: int = 1, retain: bool = False
@@ -597,11 +614,14 @@ class MqttPublisher(_Client):
             if type(packet) is PubAck:
                 inflight.discard(packet.packet_id)
                 self.acks_received += 1
-                if packet.reason_code >= 0x80:
+                if packet.reason_code == 0x10:
+                    self.unrouted += 1
+                acked = self._acked.pop(packet.packet_id, None)
+                if acked is not None:  # its caller hears the reason code, flush() does not
+                    _resolve(acked, packet.reason_code)
+                elif packet.reason_code >= 0x80:
                     code = packet.reason_code
                     self._rejected[code] = self._rejected.get(code, 0) + 1
-                elif packet.reason_code == 0x10:
-                    self.unrouted += 1
             else:
                 self._on_control(conn, packet)
         if self._waiters:
@@ -616,6 +636,9 @@ class MqttPublisher(_Client):
         for _, waiter in self._waiters:
             _fail(waiter, error)
         self._waiters = []
+        for acked in self._acked.values():
+            _fail(acked, error)
+        self._acked.clear()
 
 
 def _check_qos(qos: int) -> None:

@@ -1,0 +1,38 @@
+"""The project's own MQTT client: codec, connections, broker URLs, one root error.
+
+The ground floor: nothing here imports another project package. `ingest` receives with
+`MqttSubscriber`, `streams` delivers with `MqttPublisher`; the simulator keeps paho, as
+devices do, and parses its broker URL with `MqttUrl`.
+"""
+
+from mqtt.client import MqttPublisher, MqttSubscriber
+from mqtt.codec import Will
+from mqtt.errors import (
+    BadMqttUrl,
+    BrokerUnreachable,
+    ConnectionRefused,
+    MqttConnectionLost,
+    MqttError,
+    MqttProtocolError,
+    PublishRejected,
+    SubscriptionRefused,
+)
+from mqtt.url import DEFAULT_PORT, DEFAULT_TLS_PORT, MqttUrl, redact
+
+__all__ = [
+    "DEFAULT_PORT",
+    "DEFAULT_TLS_PORT",
+    "BadMqttUrl",
+    "BrokerUnreachable",
+    "ConnectionRefused",
+    "MqttConnectionLost",
+    "MqttError",
+    "MqttProtocolError",
+    "MqttPublisher",
+    "MqttSubscriber",
+    "MqttUrl",
+    "PublishRejected",
+    "SubscriptionRefused",
+    "Will",
+    "redact",
+]
