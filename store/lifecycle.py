@@ -278,6 +278,15 @@ def transfer(
     return Transfer(device_id, old, service, at, retagged)
 
 
+def ownership_history(conn: psycopg.Connection[Any], device_id: str) -> list[tuple[datetime, str]]:
+    """The device's owning services, each from the time it took over, oldest first."""
+    rows = conn.execute(
+        "SELECT valid_from, service FROM device_ownership WHERE device_id = %s ORDER BY valid_from",
+        (device_id,),
+    ).fetchall()
+    return [(row[0], row[1]) for row in rows]
+
+
 def retag_readings(
     conn: psycopg.Connection[Any],
     device_id: str,

@@ -108,6 +108,12 @@ def list_devices(
     return [DeviceRow(*row) for row in rows]
 
 
+def count_online(conn: psycopg.Connection[Any]) -> int:
+    """How many registered devices are connected to the broker now."""
+    row = conn.execute("SELECT count(*) FROM devices WHERE connection = 'online'").fetchone()
+    return int(row[0]) if row else 0
+
+
 async def load_snapshot(conn: psycopg.AsyncConnection[Any]) -> RegistrySnapshot:
     """Every active device with its ownership history, for ingest."""
     version_row = await (await conn.execute(_VERSION)).fetchone()

@@ -1,4 +1,4 @@
-"""The dead-letter table: counts by reason and device, pages to replay, settling and expiry."""
+"""The dead-letter table: newest first, counts, pages to replay and settle, expiry."""
 
 from __future__ import annotations
 
@@ -65,6 +65,19 @@ def reject_stats(
     ).format(device=sql.SQL("device_id" if by_device else "NULL::text"), filter=_FILTER)
     rows = conn.execute(query, where.params()).fetchall()
     return [RejectCount(r[0], r[1], int(r[2]), r[3], r[4]) for r in rows]
+
+
+def newest_rejects(
+    conn: psycopg.Connection[Any], where: RejectFilter, *, limit: int
+) -> list[StoredReject]:
+    """The `limit` most recently received dead letters, newest first."""
+    query = sql.SQL(
+        "SELECT id, received_at, topic, device_id, reason, detail, payload"
+        " FROM rejected_messages WHERE {filter}"
+        " ORDER BY received_at DESC, id DESC LIMIT %(limit)s"
+    ).format(filter=_FILTER)
+    rows = conn.execute(query, {**where.params(), "limit": limit}).fetchall()
+    return [StoredReject(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6])) for r in rows]
 
 
 async def reject_page(

@@ -15,6 +15,9 @@ _SQL_TYPES: Final = {
     Kind.ENUM: "int2",
 }
 
+# What the demo invites the user to type into psql: readings per service and device type.
+TRY_QUERY: Final = "SELECT service, device_type, count(*) FROM readings GROUP BY 1, 2"
+
 
 @dataclass(frozen=True, slots=True)
 class ReadingsTable:

@@ -9,7 +9,6 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-import silobreak.cli_grafana  # noqa: F401 - registers `grafana` on main (cli.py may not yet)
 from silobreak.cli import main
 
 

@@ -178,7 +178,7 @@ def test_a_catalog_that_drops_a_migrated_type_is_refused_in_one_line(
 
 
 def test_demo_prints_rejects_by_reason_most_frequent_first() -> None:
-    from silobreak.cli_run import rejects_text  # noqa: PLC0415
+    from silobreak.cli.run import rejects_text  # noqa: PLC0415
 
     counts = {"schema_violation": 5, "malformed_payload": 8, "unknown_device": 5}
     assert rejects_text(counts) == "malformed_payload 8, schema_violation 5, unknown_device 5"

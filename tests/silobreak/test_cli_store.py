@@ -17,8 +17,7 @@ from tests.support.victoria import LocalVictoria
 
 pytestmark = pytest.mark.integration
 
-# cli_store registers its commands on import (silobreak/cli.py imports it once wired in).
-_ENTRY = "import silobreak.cli_store; from silobreak.cli import main; main(prog_name='silobreak')"
+_ENTRY = "from silobreak.cli import main; main(prog_name='silobreak')"
 
 
 def cli(tmp_path: Path, db_url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -23,8 +23,7 @@ def cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-# `bench simulator` registers itself when silobreak.cli_bench_sim is imported.
-_ENTRY = "import silobreak.cli_bench_sim; from silobreak.cli import main; main()"
+_ENTRY = "from silobreak.cli import main; main()"
 
 
 def test_simulate_refuses_a_start_older_than_ingest_accepts(tmp_path: Path) -> None:

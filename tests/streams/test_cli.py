@@ -16,7 +16,6 @@ from typing import IO
 import pytest
 from click.testing import CliRunner
 
-import silobreak.cli_streams  # noqa: F401 - registers the commands
 from silobreak.cli import main
 from tests.streams.conftest import Town
 

@@ -5,23 +5,30 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
-import pwd
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Final
 
 import click
-import psycopg
 
 from devices.broker_auth import PRINCIPAL_KINDS, principal_username
 from devices.catalog import MEDIA
 from devices.geojson import parse_geojson
 from devices.registry import DeviceRecord, new_record, parse_csv
-from silobreak.cli import DEVICE_TYPE, _db, _emit, _settings, devices, main, store_catalog
+from silobreak.cli.common import (
+    DEVICE_TYPE,
+    FORMATS,
+    actor,
+    apply_to_broker,
+    connect,
+    emit,
+    settings_of,
+    store_catalog,
+)
 from silobreak.errors import CommandFailed
-from silobreak.settings import Settings, SettingsError, parse_duration
+from silobreak.settings import SettingsError, parse_duration
 from store import audit
 from store.lifecycle import (
     CONNECTIONS,
@@ -30,6 +37,7 @@ from store.lifecycle import (
     decommission,
     erase_readings,
     find_devices,
+    ownership_history,
     register_devices,
     retag_readings,
     revoke_secrets,
@@ -46,37 +54,18 @@ from store.principals import (
     rotate_broker_secret,
 )
 
-# Registering, importing and listing devices now also manage their credentials and filter by
-# lifecycle: these replace the plain versions defined in silobreak.cli.
 _GEOJSON_SUFFIXES = (".geojson", ".json")
 
 
-def actor() -> str:
-    """Who is at the keyboard, for the audit: `cli:<user>`."""
-    try:
-        return f"cli:{pwd.getpwuid(os.getuid()).pw_name}"
-    except KeyError:
-        return f"cli:uid{os.getuid()}"
-
-
-def apply_to_broker(settings: Settings, conn: psycopg.Connection[Any]) -> None:
-    """Make the running broker enforce what the registry now says (when it runs here)."""
-    if settings.broker_dir is None:
-        click.echo(
-            "note: broker not updated here (SILOBREAK_BROKER_DIR is not set); "
-            "`silobreak broker-sync` where the broker runs applies it",
-            err=True,
-        )
-        return
-    from silobreak.broker_sync import BrokerFiles, sync_broker  # noqa: PLC0415
-
-    click.echo(sync_broker(conn, BrokerFiles(settings.broker_dir)).describe(), err=True)
+@click.group()
+def devices() -> None:
+    """Register, import and list devices."""
 
 
 # -- devices: register, import, list ---------------------------------------------------------
 
 
-@click.command("add")
+@devices.command("add")
 @click.argument("device_id")
 @click.option("--type", "device_type", required=True, type=DEVICE_TYPE)
 @click.option("--service", help="Owning service (default: the type's usual owner).")
@@ -99,8 +88,8 @@ def devices_add(
     record = new_record(
         device_id, device_type, service, district=district, lat=lat, lon=lon, medium=medium
     )
-    settings = _settings(ctx)
-    with _db(settings) as conn:
+    settings = settings_of(ctx)
+    with connect(settings) as conn:
         done = register_devices(conn, [record], actor=actor())
         apply_to_broker(settings, conn)
     click.echo(
@@ -110,7 +99,7 @@ def devices_add(
         click.echo(f"secret (shown once; the device's MQTT password): {done.secrets[device_id]}")
 
 
-@click.command("import")
+@devices.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--secrets-out",
@@ -138,7 +127,7 @@ def devices_import_geojson(ctx: click.Context, file: Path, secrets_out: Path | N
     _import(ctx, file, _parse(ctx, file, "geojson"), secrets_out)
 
 
-@click.command("list")
+@devices.command("list")
 @click.option("--service")
 @click.option("--type", "device_type", type=DEVICE_TYPE)
 @click.option("--district")
@@ -147,7 +136,7 @@ def devices_import_geojson(ctx: click.Context, file: Path, secrets_out: Path | N
 @click.option("--seen-since", help="Last seen within (15m, 2d) or since (ISO time).")
 @click.option("--unseen-since", help="Not seen within (15m, 2d) or since (ISO time), or never.")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=1000, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
 def devices_list(
     ctx: click.Context,
@@ -172,17 +161,13 @@ def devices_list(
         unseen_since=_when(unseen_since, "--unseen-since"),
         limit=limit,
     )
-    with _db(_settings(ctx)) as conn:
+    with connect(settings_of(ctx)) as conn:
         rows = find_devices(conn, where)
     header = [
         "device_id", "device_type", "service", "district", "medium", "lifecycle", "connection",
         "last_seen", "credential",
     ]  # fmt: skip
-    _emit(header, [[getattr(r, h) for h in header] for r in rows], fmt)
-
-
-for _command in (devices_add, devices_import, devices_list):
-    devices.add_command(_command)
+    emit(header, [[getattr(r, h) for h in header] for r in rows], fmt)
 
 
 # -- devices: lifecycle verbs ----------------------------------------------------------------
@@ -194,8 +179,8 @@ for _command in (devices_add, devices_import, devices_list):
 @click.pass_context
 def devices_decommission(ctx: click.Context, device_ids: tuple[str, ...], reason: str) -> None:
     """Retire devices: credentials revoked, disconnected, their data refused from now on."""
-    settings = _settings(ctx)
-    with _db(settings) as conn:
+    settings = settings_of(ctx)
+    with connect(settings) as conn:
         changed = decommission(conn, device_ids, actor=actor(), reason=reason)
         apply_to_broker(settings, conn)
     click.echo(f"decommissioned {changed} device(s)")
@@ -215,9 +200,9 @@ def devices_transfer(
     ctx: click.Context, device_id: str, service: str, at: str | None, settle: bool
 ) -> None:
     """Hand a device to another service; readings keep the owner at their own time."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     effective = _time(at, "--at") if at else None
-    with _db(settings) as conn:
+    with connect(settings) as conn:
         done = transfer(conn, device_id, service, effective, actor=actor())
         apply_to_broker(settings, conn)
         click.echo(
@@ -254,7 +239,7 @@ def devices_erase(
     """Delete a device's stored readings (personal data requests); audited with the reason."""
     if not yes:
         click.confirm(f"Delete readings of {device_id} for good?", abort=True)
-    with _db(_settings(ctx)) as conn:
+    with connect(settings_of(ctx)) as conn:
         readings, rejects = erase_readings(
             conn,
             device_id,
@@ -271,8 +256,8 @@ def devices_erase(
 @click.pass_context
 def devices_rotate_secret(ctx: click.Context, device_id: str) -> None:
     """Give a device a new secret (printed once); the old one stops working."""
-    settings = _settings(ctx)
-    with _db(settings) as conn:
+    settings = settings_of(ctx)
+    with connect(settings) as conn:
         secret = rotate_secret(conn, device_id, actor=actor())
         apply_to_broker(settings, conn)
     click.echo(f"new secret for {device_id} (shown once): {secret}")
@@ -283,8 +268,8 @@ def devices_rotate_secret(ctx: click.Context, device_id: str) -> None:
 @click.pass_context
 def devices_revoke_secret(ctx: click.Context, device_ids: tuple[str, ...]) -> None:
     """Revoke devices' secrets: disconnected and refused until `rotate-secret`."""
-    settings = _settings(ctx)
-    with _db(settings) as conn:
+    settings = settings_of(ctx)
+    with connect(settings) as conn:
         revoked = revoke_secrets(conn, device_ids, actor=actor())
         apply_to_broker(settings, conn)
     click.echo(f"revoked {revoked} credential(s)")
@@ -295,25 +280,21 @@ def devices_revoke_secret(ctx: click.Context, device_ids: tuple[str, ...]) -> No
 @click.pass_context
 def devices_history(ctx: click.Context, device_id: str) -> None:
     """A device's owners over time and the admin actions on it."""
-    with _db(_settings(ctx)) as conn:
-        owners = conn.execute(
-            "SELECT valid_from, service FROM device_ownership WHERE device_id = %s"
-            " ORDER BY valid_from",
-            (device_id,),
-        ).fetchall()
+    with connect(settings_of(ctx)) as conn:
+        owners = ownership_history(conn, device_id)
         entries = audit.entries(conn, subject=device_id)
     if not owners:
         raise CommandFailed(f"no device {device_id!r} in the registry")
-    _emit(["owner_from", "service"], [list(o) for o in owners], "table")
+    emit(["owner_from", "service"], [list(o) for o in owners], "table")
     click.echo("")
     rows = [[e.at, e.actor, e.action, e.detail] for e in reversed(entries)]
-    _emit(["at", "actor", "action", "detail"], rows, "table")
+    emit(["at", "actor", "action", "detail"], rows, "table")
 
 
 # -- principals -------------------------------------------------------------------------------
 
 
-@main.group()
+@click.group()
 def principals() -> None:
     """Services, data teams, the coordinator and platform components; their API tokens."""
 
@@ -325,8 +306,8 @@ def principals() -> None:
 @click.pass_context
 def principals_add(ctx: click.Context, name: str, kind: str, description: str) -> None:
     """Create a principal and its broker account (its secret is printed once)."""
-    settings = _settings(ctx)
-    with _db(settings) as conn:
+    settings = settings_of(ctx)
+    with connect(settings) as conn:
         secret = add_principal(conn, name, kind, description=description, actor=actor())
         apply_to_broker(settings, conn)
     click.echo(f"added {kind} {name}")
@@ -336,14 +317,14 @@ def principals_add(ctx: click.Context, name: str, kind: str, description: str) -
 
 @principals.command("list")
 @click.option("--kind", type=click.Choice(PRINCIPAL_KINDS))
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
 def principals_list(ctx: click.Context, kind: str | None, fmt: str) -> None:
     """List principals."""
-    with _db(_settings(ctx)) as conn:
+    with connect(settings_of(ctx)) as conn:
         rows = list_principals(conn, kind=kind)
     header = ["name", "kind", "broker_username", "live_tokens", "created_at", "disabled_at"]
-    _emit(header, [[getattr(r, h) for h in header] for r in rows], fmt)
+    emit(header, [[getattr(r, h) for h in header] for r in rows], fmt)
 
 
 @principals.command("disable")
@@ -351,8 +332,8 @@ def principals_list(ctx: click.Context, kind: str | None, fmt: str) -> None:
 @click.pass_context
 def principals_disable(ctx: click.Context, name: str) -> None:
     """Disable a principal: tokens revoked, broker account removed."""
-    settings = _settings(ctx)
-    with _db(settings) as conn:
+    settings = settings_of(ctx)
+    with connect(settings) as conn:
         revoked = disable_principal(conn, name, actor=actor())
         apply_to_broker(settings, conn)
     click.echo(f"disabled {name} ({revoked} token(s) revoked)")
@@ -363,8 +344,8 @@ def principals_disable(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def principals_rotate(ctx: click.Context, name: str) -> None:
     """A new broker-account secret (printed once); the old one stops working."""
-    settings = _settings(ctx)
-    with _db(settings) as conn:
+    settings = settings_of(ctx)
+    with connect(settings) as conn:
         secret = rotate_broker_secret(conn, name, actor=actor())
         apply_to_broker(settings, conn)
     click.echo(f"new broker secret for {name} (shown once): {secret}")
@@ -382,9 +363,9 @@ def token() -> None:
 @click.pass_context
 def token_issue(ctx: click.Context, principal: str, ttl: str | None, label: str) -> None:
     """Issue an API token (printed once)."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     lifetime = settings.token_ttl if ttl is None else _duration(ttl, "--ttl")
-    with _db(settings) as conn:
+    with connect(settings) as conn:
         issued = issue_token(conn, principal, ttl=lifetime, label=label, actor=actor())
     click.echo(f"token {issued.token_id} for {principal}, expires {issued.expires_at.isoformat()}")
     click.echo(f"bearer token (shown once): {issued.token}")
@@ -395,21 +376,24 @@ def token_issue(ctx: click.Context, principal: str, ttl: str | None, label: str)
 @click.pass_context
 def token_revoke(ctx: click.Context, token_id: str) -> None:
     """Revoke an API token by its id (tok_...)."""
-    with _db(_settings(ctx)) as conn:
+    with connect(settings_of(ctx)) as conn:
         principal = revoke_token(conn, token_id, actor=actor())
     click.echo(f"revoked {token_id} of {principal}")
 
 
 @token.command("list")
 @click.argument("principal", required=False)
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
 def token_list(ctx: click.Context, principal: str | None, fmt: str) -> None:
     """List API tokens (ids and dates; tokens themselves are never stored)."""
-    with _db(_settings(ctx)) as conn:
+    with connect(settings_of(ctx)) as conn:
         rows = list_tokens(conn, principal=principal)
     header = ["token_id", "principal", "label", "created_at", "expires_at", "revoked_at"]
-    _emit(header, [[getattr(r, h) for h in header] for r in rows], fmt)
+    emit(header, [[getattr(r, h) for h in header] for r in rows], fmt)
+
+
+COMMANDS: Final[tuple[click.Command, ...]] = (devices, principals)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -425,7 +409,7 @@ def _parse(ctx: click.Context, file: Path, fmt: str) -> list[DeviceRecord]:
 def _import(
     ctx: click.Context, file: Path, records: Sequence[DeviceRecord], secrets_out: Path | None
 ) -> None:
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     if secrets_out is None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         secrets_out = file.with_name(f"{file.name}.secrets-{stamp}.csv")
@@ -437,7 +421,7 @@ def _import(
             written.append(secrets_out)
 
     try:
-        with _db(settings) as conn:
+        with connect(settings) as conn:
             done = register_devices(conn, records, actor=actor(), deliver=deliver)
             apply_to_broker(settings, conn)
     except BaseException:
@@ -493,6 +477,3 @@ def _when(value: str | None, option: str) -> datetime | None:
         return datetime.now(UTC) - parse_duration(value)
     except ValueError:
         return _time(value, option)
-
-
-from silobreak import cli_broker  # noqa: E402,F401 - registers broker-config, broker-sync, streams

@@ -1,4 +1,4 @@
-"""Commands that run processes: `simulate`, `up` and `demo`."""
+"""Commands that run processes: `ingest`, `streams`, `simulate`, `up` and `demo`."""
 
 from __future__ import annotations
 
@@ -19,11 +19,19 @@ import click
 import psycopg
 
 from devices.catalog import active
-from silobreak.cli import _db, _settings, ingest_config, main, run_async, use_recorded_catalog
-from silobreak.cli_identity import actor, apply_to_broker
+from silobreak.cli.common import (
+    actor,
+    apply_to_broker,
+    connect,
+    duration_option,
+    run_async,
+    settings_of,
+    use_recorded_catalog,
+)
 from silobreak.errors import CommandFailed
-from silobreak.settings import Settings, SettingsError, parse_duration
+from silobreak.settings import Settings, SettingsError
 from silobreak.sim_credentials import DEFAULT_SECRETS_FILE
+from store.schema import TRY_QUERY
 
 # How often `demo` prints its progress line.
 _PROGRESS_EVERY_S: Final = 2.0
@@ -31,13 +39,56 @@ _PROGRESS_EVERY_S: Final = 2.0
 _DEMO_DEVICES: Final = 200
 
 
-def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> timedelta | None:
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+@click.command()
+@click.pass_context
+def ingest(ctx: click.Context) -> None:
+    """Subscribe to device telemetry and store it (runs until Ctrl-C or SIGTERM)."""
+    from ingest.service import Ingestor  # noqa: PLC0415
+    from silobreak.platform_run import run_with_recorder  # noqa: PLC0415
+
+    settings = settings_of(ctx)
+    use_recorded_catalog(settings)
+    ingestor = Ingestor(ingest_config(settings))
+    ingestor.metrics.serve(settings.metrics_host, settings.metrics_port, ingestor.health)
+    # With the health figures the platform dashboard reads (platform_stats, every 10 s).
+    run_async(lambda stop: run_with_recorder(settings, ingestor, stop))
+
+
+def ingest_config(settings: Settings) -> Any:
+    """The ingestor's config from the process settings."""
+    from ingest.service import IngestConfig  # noqa: PLC0415
+
+    return IngestConfig(
+        mqtt_url=settings.mqtt_url,
+        database_url=settings.database_url,
+        client_id=settings.ingest_client_id,
+        share_group=settings.ingest_share_group,
+        batch_size=settings.ingest_batch_size,
+        batch_interval=settings.ingest_batch_interval,
+        receive_maximum=settings.ingest_receive_maximum,
+        session_expiry=settings.ingest_session_expiry,
+        max_payload=settings.ingest_max_payload,
+        max_age=settings.ingest_max_age,
+        max_future=settings.ingest_max_future,
+        registry_refresh=settings.registry_refresh,
+        store_timeout=settings.store_timeout,
+    )
+
+
+@click.command("streams")
+@click.pass_context
+def streams(ctx: click.Context) -> None:
+    """Serve the HTTP API (/v1/..., OpenAPI at /docs) until Ctrl-C or SIGTERM."""
+    import uvicorn  # noqa: PLC0415 - keeps `--help` fast
+
+    from streams.api import create_app  # noqa: PLC0415
+    from streams.routes import include_all  # noqa: PLC0415
+
+    settings = settings_of(ctx)
+    use_recorded_catalog(settings)
+    app = create_app(settings)
+    include_all(app, settings)  # grants, subscriptions, history, audit and the live gateway
+    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="info")
 
 
 def _fleet(scenario: Path | None, devices: int | None, seed: int | None) -> Any:
@@ -52,11 +103,11 @@ def _fleet(scenario: Path | None, devices: int | None, seed: int | None) -> Any:
 def _register(settings: Settings, fleet: Any) -> int:
     from store.registry import upsert_devices  # noqa: PLC0415
 
-    with _db(settings) as conn:
+    with connect(settings) as conn:
         return upsert_devices(conn, fleet.records())
 
 
-@main.command()
+@click.command()
 @click.option(
     "--scenario",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -70,7 +121,7 @@ def _register(settings: Settings, fleet: Any) -> int:
     show_default=True,
     help="Simulated seconds per real second until the clock catches up with now.",
 )
-@click.option("--since", callback=_duration, help="Start this far in the past (e.g. 6h).")
+@click.option("--since", callback=duration_option, help="Start this far in the past (e.g. 6h).")
 @click.option("--seed", type=int, help="Seed (default: the scenario's).")
 @click.option(
     "--mode",
@@ -86,7 +137,7 @@ def _register(settings: Settings, fleet: Any) -> int:
     show_default=True,
     help="Connections in load mode.",
 )
-@click.option("--duration", callback=_duration, help="Stop after this long (e.g. 10m).")
+@click.option("--duration", callback=duration_option, help="Stop after this long (e.g. 10m).")
 @click.option("--max-messages", type=click.IntRange(1), help="Stop after this many messages.")
 @click.option(
     "--mqtt-version",
@@ -112,7 +163,7 @@ def _register(settings: Settings, fleet: Any) -> int:
 )
 @click.option(
     "--progress",
-    callback=_duration,
+    callback=duration_option,
     default="10s",
     show_default=True,
     help="Print a progress line this often (0s: never).",
@@ -137,7 +188,7 @@ def simulate(
     """Run a simulated city's devices against the broker (until Ctrl-C)."""
     from firmware_sim import FleetRunner  # noqa: PLC0415
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     fleet = _fleet(scenario, devices, seed)
     _check_since(settings, fleet, since, speed)
     per_device = mode == "per-device"
@@ -226,7 +277,7 @@ def _credentials(
 
     if not register:
         return read_secrets(secrets_file), ()
-    with _db(settings) as conn:
+    with connect(settings) as conn:
         done = provision(conn, fleet.records(), secrets_file=secrets_file, actor=actor())
         registered_at = time.monotonic()
         apply_to_broker(settings, conn)
@@ -273,7 +324,7 @@ def _span(value: timedelta) -> str:
     return f"{seconds}s"
 
 
-@main.command()
+@click.command()
 @click.option("--migrate/--no-migrate", default=True, show_default=True)
 @click.pass_context
 def up(ctx: click.Context, migrate: bool) -> None:
@@ -286,7 +337,7 @@ def up(ctx: click.Context, migrate: bool) -> None:
     from silobreak.upkeep import run_upkeep  # noqa: PLC0415
     from store.migrate import migrate as do_migrate  # noqa: PLC0415
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     if migrate:
         do_migrate(settings.database_url, backend=settings.store_backend, catalog=active())
     use_recorded_catalog(settings)
@@ -303,7 +354,7 @@ def up(ctx: click.Context, migrate: bool) -> None:
     run_async(platform)
 
 
-@main.command()
+@click.command()
 @click.option("--devices", type=click.IntRange(1, 20_000), default=_DEMO_DEVICES, show_default=True)
 @click.option(
     "--speed",
@@ -314,13 +365,13 @@ def up(ctx: click.Context, migrate: bool) -> None:
 )
 @click.option(
     "--since",
-    callback=_duration,
+    callback=duration_option,
     default="1h",
     show_default=True,
     help="Start the simulated city this far in the past.",
 )
 @click.option("--seed", type=int)
-@click.option("--duration", callback=_duration, help="Stop by itself after this long.")
+@click.option("--duration", callback=duration_option, help="Stop by itself after this long.")
 def demo(
     devices: int, speed: float, since: timedelta, seed: int | None, duration: timedelta | None
 ) -> None:
@@ -388,6 +439,9 @@ def demo(
         click.echo("stopped: simulator, ingestor, streams API, broker and database")
 
 
+COMMANDS: Final[tuple[click.Command, ...]] = (ingest, streams, simulate, up, demo)
+
+
 @contextlib.contextmanager
 def _scratch() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="silobreak-demo-"))
@@ -399,9 +453,6 @@ def _scratch() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-_TRY_SQL: Final = "SELECT service, device_type, count(*) FROM readings GROUP BY 1, 2"
-
-
 def _banner(settings: Settings, devices: int) -> str:
     return "\n".join(
         [
@@ -409,7 +460,7 @@ def _banner(settings: Settings, devices: int) -> str:
             f"  broker     {settings.mqtt_url}",
             f"  database   {settings.database_url}",
             f"  metrics    http://{settings.metrics_host}:{settings.metrics_port}/metrics",
-            f"  try        psql {settings.database_url} -c '{_TRY_SQL}'",
+            f"  try        psql {settings.database_url} -c '{TRY_QUERY}'",
         ]
     )
 
@@ -456,6 +507,7 @@ def _quiet(name: str) -> Iterator[None]:
 
 
 def _online(db_url: str) -> int:
+    from store.registry import count_online  # noqa: PLC0415
+
     with psycopg.connect(db_url) as conn:
-        row = conn.execute("SELECT count(*) FROM devices WHERE connection = 'online'").fetchone()
-    return int(row[0]) if row else 0
+        return count_online(conn)

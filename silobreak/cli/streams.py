@@ -1,4 +1,4 @@
-"""`silobreak grants ...`, `silobreak subscribe` and `silobreak bench fanout`, over the HTTP API."""
+"""`silobreak grants ...` and `silobreak subscribe`, over the HTTP API."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import click
 
-from silobreak.cli import _emit, _settings, bench, main
+from silobreak.cli.common import FORMATS, emit, settings_of
 from silobreak.errors import CommandFailed
 from silobreak.settings import Settings, SettingsError, parse_duration
 
@@ -25,7 +25,7 @@ def _call(ctx: click.Context, token: str | None, work: Callable[[Any], Awaitable
     """Run `work(client)` against SILOBREAK_API_URL; an API refusal is one line."""
     from streams.client import ClientError, StreamsClient  # noqa: PLC0415 - keeps --help fast
 
-    settings: Settings = _settings(ctx)
+    settings: Settings = settings_of(ctx)
     bearer = token or settings.api_token
     if not bearer:
         raise SettingsError("no API token: pass --token or set SILOBREAK_API_TOKEN")
@@ -45,7 +45,7 @@ def _call(ctx: click.Context, token: str | None, work: Callable[[Any], Awaitable
 _token = click.option("--token", help="API bearer token (default: SILOBREAK_API_TOKEN).")
 
 
-@main.group()
+@click.group()
 def grants() -> None:
     """Grant, request, approve, refuse, revoke and list access to streams."""
 
@@ -54,12 +54,12 @@ def grants() -> None:
 @_token
 @click.option("--status", type=click.Choice(["requested", "active", "refused", "revoked",
                                              "expired"]))  # fmt: skip
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
 def grants_list(ctx: click.Context, token: str | None, status: str | None, fmt: str) -> None:
     """Grants you own or hold (all of them, for the coordinator)."""
     found = _call(ctx, token, lambda c: c.grants(status))
-    _emit(_GRANT_COLUMNS, [[_cell(g[k]) for k in _GRANT_COLUMNS] for g in found], fmt)
+    emit(_GRANT_COLUMNS, [[_cell(g[k]) for k in _GRANT_COLUMNS] for g in found], fmt)
 
 
 @grants.command("create")
@@ -116,7 +116,7 @@ for _verb in ("approve", "refuse", "revoke"):
     _decision(_verb)
 
 
-@main.command()
+@click.command()
 @_token
 @click.option("--grant", "grant_id", type=click.IntRange(1), help="Subscribe within this grant.")
 @click.option("--subscription", "subscription_id", help="Resume an existing SSE subscription.")
@@ -171,26 +171,7 @@ def _stdout_to_devnull() -> None:
     os.close(devnull)
 
 
-@bench.command("fanout")
-@click.option("--subscriptions", type=click.IntRange(1, 100), default=50, show_default=True)
-@click.option(
-    "--rate",
-    type=click.FloatRange(100, 100_000),
-    default=5000,
-    show_default=True,
-    help="Rows committed per second (each subscription is granted 1/N of them).",
-)
-@click.option("--seconds", type=click.FloatRange(1, 600), default=20, show_default=True)
-@click.option("--no-baseline", is_flag=True, help="Measure silobreak only.")
-def bench_fanout(subscriptions: int, rate: float, seconds: float, no_baseline: bool) -> None:
-    """Live fan-out: N subscriptions over a flow, p99 latency from commit, against a baseline."""
-    from silobreak.bench.fanout_bench import markdown, run_fanout_bench  # noqa: PLC0415
-
-    results = run_fanout_bench(
-        subscriptions=subscriptions, rate=rate, seconds=seconds, baseline=not no_baseline,
-        log=lambda line: click.echo(line, err=True),
-    )  # fmt: skip
-    click.echo(markdown(results))
+COMMANDS: Final[tuple[click.Command, ...]] = (grants, subscribe)
 
 
 def _until(text: str) -> datetime:

@@ -1,18 +1,17 @@
-"""`silobreak rejects stats|replay|expire`: count, replay and expire dead letters."""
+"""`silobreak rejects list|stats|replay|expire`: read, count, replay and expire dead letters."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 import click
 
 from ingest.decode import REASONS
-from silobreak.cli import _db, _emit, _settings, rejects, run_async
+from silobreak.cli.common import FORMATS, connect, emit, run_async, settings_of
 from silobreak.errors import CommandFailed
 from silobreak.settings import parse_duration
 from store.rejects import RejectFilter
-
-_FORMATS = click.Choice(["table", "csv", "json"])
 
 
 def _since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
@@ -42,6 +41,34 @@ def _filters(f: click.decorators.FC) -> click.decorators.FC:
     return click.option("--reason", type=click.Choice(REASONS), help="Only this reason.")(f)
 
 
+@click.group()
+def rejects() -> None:
+    """Read the dead-letter table."""
+
+
+@rejects.command("list")
+@click.option("--reason")
+@click.option("--device")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.option("--format", "fmt", type=FORMATS, default="table")
+@click.pass_context
+def rejects_list(
+    ctx: click.Context, reason: str | None, device: str | None, limit: int, fmt: str
+) -> None:
+    """List dead-lettered messages, newest first."""
+    from store.rejects import newest_rejects  # noqa: PLC0415
+
+    with connect(settings_of(ctx)) as conn:
+        found = newest_rejects(conn, RejectFilter(reason, device), limit=limit)
+    header = ["received_at", "reason", "device_id", "topic", "detail", "payload"]
+    rows = [
+        [r.received_at, r.reason, r.device_id, r.topic, r.detail,
+         r.payload[:120].decode("utf-8", "replace")]
+        for r in found
+    ]  # fmt: skip
+    emit(header, rows, fmt)
+
+
 @rejects.command("stats")
 @_filters
 @click.option(
@@ -51,7 +78,7 @@ def _filters(f: click.decorators.FC) -> click.decorators.FC:
     show_default=True,
     help="Count per reason and device, or per reason alone.",
 )
-@click.option("--format", "fmt", type=_FORMATS, default="table")
+@click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
 def rejects_stats(
     ctx: click.Context,
@@ -65,14 +92,14 @@ def rejects_stats(
     from store.rejects import reject_stats  # noqa: PLC0415
 
     where = RejectFilter(reason, device, since)
-    with _db(_settings(ctx)) as conn:
+    with connect(settings_of(ctx)) as conn:
         counts = reject_stats(conn, where, by_device=by == "device")
     header = ["reason", "device_id", "count", "first_received", "last_received"]
     rows = [[c.reason, c.device_id, c.count, c.first, c.last] for c in counts]
     if by == "reason":
         header.remove("device_id")
         rows = [[r[0], *r[2:]] for r in rows]
-    _emit(header, rows, fmt)
+    emit(header, rows, fmt)
 
 
 @rejects.command("replay")
@@ -94,7 +121,7 @@ def rejects_replay(
     """
     from silobreak.replay import ReplayLimits, replay_rejects  # noqa: PLC0415
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     limits = ReplayLimits(
         max_payload=settings.ingest_max_payload,
         max_age=settings.ingest_max_age,
@@ -130,7 +157,7 @@ def rejects_expire(ctx: click.Context, older_than: str | None) -> None:
     """Delete dead letters past their retention period."""
     from store.rejects import expire_rejects  # noqa: PLC0415
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     try:
         age = parse_duration(older_than) if older_than else settings.rejects_retention
     except ValueError as exc:
@@ -138,6 +165,9 @@ def rejects_expire(ctx: click.Context, older_than: str | None) -> None:
     if age <= timedelta(0):
         raise click.BadParameter("must be longer than 0", param_hint="--older-than")
     cutoff = datetime.now(UTC) - age
-    with _db(settings) as conn:
+    with connect(settings) as conn:
         deleted = expire_rejects(conn, cutoff)
     click.echo(f"deleted {deleted} dead letter(s) received before {cutoff.isoformat()}")
+
+
+COMMANDS: Final[tuple[click.Command, ...]] = (rejects,)

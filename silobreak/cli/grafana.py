@@ -5,15 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Final
 
 import click
 
-from silobreak.cli import _db, _settings, main
+from silobreak.cli.common import connect, settings_of
 from silobreak.errors import CommandFailed
 from silobreak.settings import SettingsError
 
 
-@main.group()
+@click.group()
 def grafana() -> None:
     """Grafana dashboards and the database roles its datasources log in as."""
 
@@ -65,8 +66,8 @@ def grafana_roles(ctx: click.Context, secrets_dir: Path | None, prefix: str) -> 
     """Create or update the database role of every service and team (idempotent)."""
     from store.sql_roles import PLATFORM_ROLE, ensure_roles, new_password, viewers  # noqa: PLC0415
 
-    settings = _settings(ctx)
-    with _db(settings) as conn:
+    settings = settings_of(ctx)
+    with connect(settings) as conn:
         passwords: dict[str, str] = {}
         if secrets_dir is not None:
             names = [prefix + p for p in viewers(conn)]
@@ -80,6 +81,9 @@ def grafana_roles(ctx: click.Context, secrets_dir: Path | None, prefix: str) -> 
         state = "created" if change.created else "updated"
         secret = ", password set" if change.password_set else ""
         click.echo(f"{change.role}: {state}, {reads}{secret}")
+
+
+COMMANDS: Final[tuple[click.Command, ...]] = (grafana,)
 
 
 def _passwords(directory: Path, roles: list[str], make: Callable[[], str]) -> dict[str, str]:

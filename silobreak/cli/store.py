@@ -1,4 +1,4 @@
-"""Store commands: `maintain`, `retention`, `backfill`, `query`, `mirror` and `bench store`."""
+"""Store commands: `migrate`, `maintain`, `retention`, `backfill`, `query` and `mirror`."""
 
 from __future__ import annotations
 
@@ -8,30 +8,20 @@ from typing import Any, Final
 
 import click
 
-from silobreak.cli import (
+from devices.catalog import active
+from silobreak.cli.common import (
     DEVICE_TYPE,
-    _db,
-    _emit,
-    _settings,
-    bench,
-    main,
+    FORMATS,
+    connect,
+    duration_option,
+    emit,
     run_async,
+    settings_of,
     use_recorded_catalog,
 )
-from silobreak.settings import parse_duration
 
 # Rows `query raw` prints unless told otherwise.
 _QUERY_LIMIT: Final = 1000
-_FORMATS: Final = click.Choice(["table", "csv", "json"])
-
-
-def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> timedelta | None:
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
 
 
 def _moment(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
@@ -46,10 +36,24 @@ def _moment(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     return moment
 
 
+# -- migrate -----------------------------------------------------------------------------
+
+
+@click.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Create or upgrade the database schema (idempotent)."""
+    from store.migrate import migrate as do_migrate  # noqa: PLC0415
+
+    settings = settings_of(ctx)
+    applied = do_migrate(settings.database_url, backend=settings.store_backend, catalog=active())
+    click.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
+
+
 # -- maintain ----------------------------------------------------------------------------
 
 
-@main.command()
+@click.command()
 @click.option(
     "--watch", is_flag=True, help="Run every SILOBREAK_MAINTENANCE_INTERVAL until Ctrl-C."
 )
@@ -59,7 +63,7 @@ def maintain(ctx: click.Context, watch: bool, retention: bool) -> None:
     """Refresh aggregates, compress, apply retention (plain: rollups; TimescaleDB: its jobs)."""
     from silobreak.upkeep import maintain_once, maintenance_loop  # noqa: PLC0415
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     use_recorded_catalog(settings)
     if not watch:
         click.echo(maintain_once(settings, retention=retention))
@@ -70,15 +74,15 @@ def maintain(ctx: click.Context, watch: bool, retention: bool) -> None:
 # -- retention ---------------------------------------------------------------------------
 
 
-@main.group()
+@click.group()
 def retention() -> None:
     """Per-service retention: how long each owning service's data is kept."""
 
 
 @retention.command("set")
 @click.argument("service")
-@click.argument("keep", callback=_duration)
-@click.option("--aggregates", callback=_duration, help="Keep aggregates longer (e.g. 1825d).")
+@click.argument("keep", callback=duration_option)
+@click.option("--aggregates", callback=duration_option, help="Keep aggregates longer (e.g. 1825d).")
 @click.pass_context
 def retention_set(
     ctx: click.Context, service: str, keep: timedelta, aggregates: timedelta | None
@@ -86,7 +90,7 @@ def retention_set(
     """Keep SERVICE's readings for KEEP (e.g. 400d); older ones go at the next maintenance."""
     from store.maintain import set_policy  # noqa: PLC0415
 
-    with _db(_settings(ctx)) as conn:
+    with connect(settings_of(ctx)) as conn:
         policy = set_policy(conn, service, keep, aggregates)
     click.echo(
         f"{service}: readings kept {policy.keep.days}d, aggregates {policy.keep_aggregates.days}d"
@@ -100,54 +104,56 @@ def retention_clear(ctx: click.Context, service: str) -> None:
     """Keep SERVICE's data for ever again."""
     from store.maintain import clear_policy  # noqa: PLC0415
 
-    with _db(_settings(ctx)) as conn:
+    with connect(settings_of(ctx)) as conn:
         had = clear_policy(conn, service)
     click.echo(f"{service}: kept for ever" if had else f"{service} had no retention policy")
 
 
 @retention.command("list")
-@click.option("--format", "fmt", type=_FORMATS, default="table")
+@click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
 def retention_list(ctx: click.Context, fmt: str) -> None:
     """Every service's policy (services not listed keep their data)."""
     from store.maintain import policies  # noqa: PLC0415
 
-    with _db(_settings(ctx)) as conn:
+    with connect(settings_of(ctx)) as conn:
         rows = [
             [p.service, f"{p.keep.days}d", f"{p.keep_aggregates.days}d"] for p in policies(conn)
         ]
-    _emit(["service", "readings", "aggregates"], rows, fmt)
+    emit(["service", "readings", "aggregates"], rows, fmt)
 
 
 @retention.command("log")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
-@click.option("--format", "fmt", type=_FORMATS, default="table")
+@click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
 def retention_log(ctx: click.Context, limit: int, fmt: str) -> None:
     """What retention removed, newest first."""
     from store.maintain import recent_retention  # noqa: PLC0415
 
-    with _db(_settings(ctx)) as conn:
+    with connect(settings_of(ctx)) as conn:
         actions = recent_retention(conn, limit)
     rows = [
         [a.at, a.relation, a.part_name, a.action, ",".join(a.services), a.rows] for a in actions
     ]
-    _emit(["at", "relation", "partition", "action", "services", "rows"], rows, fmt)
+    emit(["at", "relation", "partition", "action", "services", "rows"], rows, fmt)
 
 
 # -- backfill ----------------------------------------------------------------------------
 
 
-@main.command()
+@click.command()
 @click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--simulate",
     "period",
-    callback=_duration,
+    callback=duration_option,
     help="Instead of a file: simulate this much of the past (e.g. 30d).",
 )
 @click.option("--devices", type=click.IntRange(1, 1_000_000), help="Simulated city size.")
-@click.option("--interval", callback=_duration, help="Every simulated device publishes this often.")
+@click.option(
+    "--interval", callback=duration_option, help="Every simulated device publishes this often."
+)
 @click.option("--scenario", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--seed", type=int)
 @click.option(
@@ -180,7 +186,7 @@ def backfill(
     )
     from silobreak.backfill import backfill as load  # noqa: PLC0415
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     if (file is None) == (period is None):
         raise click.UsageError("give either FILE or --simulate PERIOD")
     use_recorded_catalog(settings)
@@ -213,22 +219,22 @@ def backfill(
 # -- query -------------------------------------------------------------------------------
 
 
-@main.command()
+@click.command()
 @click.argument("what", type=click.Choice(["latest", "raw", "buckets", "series"]))
 @click.option("--type", "device_type", required=True, type=DEVICE_TYPE)
 @click.option("--metric", "metrics", multiple=True, help="Repeat for several; default: all.")
 @click.option("--device", "device_ids", multiple=True, help="Repeat for several.")
 @click.option("--service")
 @click.option("--district")
-@click.option("--since", callback=_duration, default="1h", show_default=True)
+@click.option("--since", callback=duration_option, default="1h", show_default=True)
 @click.option("--until", callback=_moment, help="End of the range (ISO 8601); default: now.")
-@click.option("--step", callback=_duration, default="1h", show_default=True)
+@click.option("--step", callback=duration_option, default="1h", show_default=True)
 @click.option("--pool", type=click.Choice(["device", "district"]), default="device")
 @click.option("--level", type=click.Choice(["auto", "raw", "1m", "1h"]), default="auto")
 @click.option("--points", type=click.IntRange(3, 100_000), default=2000, show_default=True)
 @click.option("--method", type=click.Choice(["minmax", "lttb"]), default="minmax")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=_QUERY_LIMIT)
-@click.option("--format", "fmt", type=_FORMATS, default="table")
+@click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
 def query(ctx: click.Context, /, what: str, **opts: Any) -> None:
     """Read the store as the API does: latest values, raw ranges, buckets, chart series."""
@@ -244,7 +250,7 @@ def query(ctx: click.Context, /, what: str, **opts: Any) -> None:
     )
     end = opts["until"] or datetime.now(UTC)
     start = end - opts["since"]
-    with _db(_settings(ctx)) as conn:
+    with connect(settings_of(ctx)) as conn:
         reader = StoreReader(conn)
         if what == "latest":
             header = ["time", "device_id", "service", "district", "metric", "value"]
@@ -267,33 +273,13 @@ def query(ctx: click.Context, /, what: str, **opts: Any) -> None:
                                    method=opts["method"])  # fmt: skip
             header = ["time", "value", "min", "max", "count"]
             rows = [[getattr(p, h) for h in header] for p in points]
-    _emit(header, rows, opts["fmt"])
-
-
-# -- bench store -------------------------------------------------------------------------
-
-
-@bench.command("store")
-@click.option("--devices", type=click.IntRange(10, 100_000), default=1000, show_default=True)
-@click.option("--days", type=click.IntRange(1, 400), default=30, show_default=True)
-@click.option("--interval", callback=_duration, default="5m", show_default=True)
-@click.option("--runs", type=click.IntRange(1, 100), default=7, show_default=True)
-@click.option("--jobs", type=click.IntRange(1, 16), default=1, show_default=True)
-def bench_store(devices: int, days: int, interval: timedelta, runs: int, jobs: int) -> None:
-    """Bulk-load a simulated past, then time raw against aggregate reads of it."""
-    from silobreak.bench.store_bench import run_store_bench  # noqa: PLC0415
-
-    report = run_store_bench(
-        devices=devices, days=days, interval=interval, runs=runs, jobs=jobs,
-        log=lambda line: click.echo(line, err=True),
-    )  # fmt: skip
-    click.echo(report.markdown())
+    emit(header, rows, opts["fmt"])
 
 
 # -- mirror ------------------------------------------------------------------------------
 
 
-@main.command()
+@click.command()
 @click.option("--once", is_flag=True, help="Send what is committed now, then exit.")
 @click.option("--from-now", is_flag=True, help="A new mirror skips the history already stored.")
 @click.option("--status", "show_status", is_flag=True, help="Where the mirror is, then exit.")
@@ -303,7 +289,7 @@ def mirror(ctx: click.Context, once: bool, from_now: bool, show_status: bool) ->
     from silobreak.upkeep import mirror_config  # noqa: PLC0415
     from store.mirror import InfluxMirror  # noqa: PLC0415
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     use_recorded_catalog(settings)
     config = mirror_config(settings, from_beginning=not from_now)
     if show_status:
@@ -334,3 +320,8 @@ async def _mirror_status(database_url: str, name: str) -> str:
         return f"mirror {name} has not run yet"
     error = f"; last error: {now.last_error}" if now.last_error else ""
     return f"mirror {name}: {now.sent} sent, {now.behind} behind, at {now.updated_at}{error}"
+
+
+COMMANDS: Final[tuple[click.Command, ...]] = (
+    migrate, maintain, retention, backfill, query, mirror,
+)  # fmt: skip

@@ -1,20 +1,20 @@
-"""`silobreak broker-config`, `broker-sync`, `dev-certs`, `streams` (the API) and `bench import`."""
+"""`silobreak broker-config`, `broker-sync` and `dev-certs`: the Mosquitto broker's files."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import click
 
-from silobreak.cli import _db, _settings, bench, main, use_recorded_catalog
+from silobreak.cli.common import connect, settings_of
 from silobreak.settings import SettingsError, parse_duration
 
 if TYPE_CHECKING:
     from silobreak.certs import DevCerts
 
 
-@main.command("broker-config")
+@click.command("broker-config")
 @click.option("--profile", type=click.Choice(["dev", "deploy"]), default="dev", show_default=True)
 @click.option(
     "--dir",
@@ -110,7 +110,7 @@ def broker_config(
     click.echo(f"then: SILOBREAK_BROKER_DIR={directory.resolve()} silobreak broker-sync", err=True)
 
 
-@main.command("broker-sync")
+@click.command("broker-sync")
 @click.option(
     "--dir",
     "directory",
@@ -127,7 +127,7 @@ def broker_sync(ctx: click.Context, directory: Path | None, watch: bool, interva
     from silobreak.broker_sync import BrokerFiles, sync_broker  # noqa: PLC0415
     from silobreak.broker_sync import watch as watch_loop  # noqa: PLC0415
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     target = directory or settings.broker_dir
     if target is None:
         raise SettingsError("name the broker's directory: --dir DIR or SILOBREAK_BROKER_DIR")
@@ -142,11 +142,11 @@ def broker_sync(ctx: click.Context, directory: Path | None, watch: bool, interva
         except KeyboardInterrupt:
             return
         return
-    with _db(settings) as conn:
+    with connect(settings) as conn:
         click.echo(sync_broker(conn, files).describe())
 
 
-@main.command("dev-certs")
+@click.command("dev-certs")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--host", "hosts", multiple=True, help="A name or address devices connect to.")
 def dev_certs(directory: Path, hosts: tuple[str, ...]) -> None:
@@ -156,31 +156,7 @@ def dev_certs(directory: Path, hosts: tuple[str, ...]) -> None:
     click.echo(f"broker: {certs.server_cert} and {certs.server_key}")
 
 
-@main.command("streams")
-@click.pass_context
-def streams(ctx: click.Context) -> None:
-    """Serve the HTTP API (/v1/..., OpenAPI at /docs) until Ctrl-C or SIGTERM."""
-    import uvicorn  # noqa: PLC0415 - keeps `--help` fast
-
-    from streams.api import create_app  # noqa: PLC0415
-    from streams.routes import include_all  # noqa: PLC0415
-
-    settings = _settings(ctx)
-    use_recorded_catalog(settings)
-    app = create_app(settings)
-    include_all(app, settings)  # grants, subscriptions, history, audit and the live gateway
-    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="info")
-
-
-@bench.command("import")
-@click.option("--devices", type=click.IntRange(1, 1_000_000), default=10_000, show_default=True)
-@click.option("--runs", type=click.IntRange(1, 20), default=3, show_default=True)
-def bench_import(devices: int, runs: int) -> None:
-    """Bulk registry import with credentials into a fresh database, broker reloaded."""
-    from silobreak.bench.import_bench import run_import_bench  # noqa: PLC0415
-
-    report = run_import_bench(devices=devices, runs=runs, log=lambda x: click.echo(x, err=True))
-    click.echo(report.markdown())
+COMMANDS: Final[tuple[click.Command, ...]] = (broker_config, broker_sync, dev_certs)
 
 
 def _dev_certs(directory: Path, hosts: tuple[str, ...], *, fresh: bool = False) -> DevCerts:
