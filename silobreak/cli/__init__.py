@@ -10,7 +10,18 @@ import sys
 
 import click
 
-from silobreak.cli import bench, broker, docs, grafana, identity, rejects, run, store, streams
+from silobreak.cli import (
+    bench,
+    broker,
+    docs,
+    grafana,
+    identity,
+    principals,
+    rejects,
+    run,
+    store,
+    streams,
+)
 from silobreak.cli.common import ErrorTranslatingGroup
 
 logger = logging.getLogger(__name__)
@@ -35,6 +46,6 @@ def main(ctx: click.Context, debug: bool) -> None:
             logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
-for _module in (bench, broker, docs, grafana, identity, rejects, run, store, streams):
+for _module in (bench, broker, docs, grafana, identity, principals, rejects, run, store, streams):
     for _command in _module.COMMANDS:
         main.add_command(_command)
