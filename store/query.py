@@ -539,7 +539,7 @@ def _level_branch(
         for s in ("sum", "count", "min", "max", "last")
     ]
     conds: list[sql.Composable] = [sql.SQL("{} = {}").format(chooser, sql.Literal(name))]
-    conds += _conds(scope, "r.bucket", None, None, p, metrics=False)
+    conds += _conds(scope, "r.bucket", None, None, p)
     conds.append(sql.SQL("r.bucket >= %(start)s AND r.bucket < %(end)s"))
     if extra is not None:
         conds.append(extra)
@@ -565,7 +565,7 @@ def _raw_branch(
             sql.SQL("{s}, ({v} IS NOT NULL)::int::bigint, {v}, {v}, {v}").format(s=total, v=v)
         )
     conds: list[sql.Composable] = [sql.SQL("{} = 'raw'").format(chooser)]
-    conds += _conds(scope, "r.time", None, None, p, metrics=False)
+    conds += _conds(scope, "r.time", None, None, p)
     conds.append(sql.SQL("r.time >= %(start)s AND r.time < %(end)s"))
     if extra is not None:
         conds.append(extra)
@@ -584,8 +584,6 @@ def _conds(
     start: datetime | None,
     end: datetime | None,
     p: _Params,
-    *,
-    metrics: bool = False,
 ) -> list[sql.Composable]:
     """Conditions on `r` (a readings table or aggregate view) for the scope's rows."""
     conds: list[sql.Composable] = []
@@ -608,8 +606,6 @@ def _conds(
                 sql.SQL(" AND ").join(dev)
             )
         )
-    if metrics:
-        conds.append(_any_present(scope.chosen_metrics))
     return conds
 
 

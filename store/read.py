@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
+from store.aggregates import LEVELS_BY_NAME
 from store.errors import StoreError
-from store.query import RawKey, Scope
+from store.query import LevelName, RawKey, Scope
 from store.schema import READINGS_TABLES
 
 Pool = Literal["device", "district"]
-LevelChoice = Literal["auto", "raw", "1m", "1h"]
+LevelChoice = LevelName  # the store's level names, "auto" to let it choose
 POOLS: Final = ("device", "district")
 
 # Row layouts the shapers below read.
@@ -101,7 +102,7 @@ def choose_level(step: timedelta, level: LevelChoice) -> LevelChoice:
     """Check that a forced level can build buckets of `step`."""
     if level in ("auto", "raw"):
         return level
-    width = timedelta(minutes=1) if level == "1m" else timedelta(hours=1)
+    width = LEVELS_BY_NAME[level].width
     if step < width or step % width:
         raise StoreError(f"a step of {step} cannot be built from {level} buckets")
     return level
