@@ -138,7 +138,9 @@ def test_a_broker_restart_loses_no_delivery(broker: LocalMosquitto, topic: str) 
             await consumer.client.stop()
         assert failures <= 1  # at most the publish that found the old connection gone
         assert delivery.connects == 2
-        assert consumer.payloads == [b"before", b"after"]
+        # QoS 1 is at least once: the restarted broker may hand "before" to the consumer
+        # again when its PUBACK was not saved yet. Nothing may be missing or out of order.
+        assert list(dict.fromkeys(consumer.payloads)) == [b"before", b"after"]
 
     asyncio.run(go())
 
