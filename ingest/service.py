@@ -35,6 +35,8 @@ _WINDOW_REFRESH_S: Final = 0.05
 # Shared retry backoff for an unavailable store: fast first retry, capped, jittered.
 _BACKOFF_FIRST_S: Final = 0.1
 _BACKOFF_MAX_S: Final = 5.0
+# While the store stays unavailable, the log says so again this often (and why, this time).
+_STILL_FAILING_EVERY_S: Final = 30.0
 # On SIGTERM, how long to keep trying to commit what is in hand before leaving it to the
 # broker (it redelivers unacknowledged messages to the same client id).
 _SHUTDOWN_GRACE_S: Final = 10.0
@@ -279,6 +281,7 @@ class Ingestor:
     async def _commit(self, batch: _Batch) -> None:
         delay = _BACKOFF_FIRST_S
         failing_since: float | None = None
+        last_said = 0.0
         while True:
             started = time.perf_counter()
             try:
@@ -302,6 +305,14 @@ class Ingestor:
                     # outage may be dead without knowing it, and would hold the write loop
                     # for a whole store deadline after the store is back.
                     await self._presence.close()
+                    last_said = time.monotonic()
+                elif time.monotonic() - last_said >= _STILL_FAILING_EVERY_S:
+                    last_said = time.monotonic()
+                    logger.warning(
+                        "store still unavailable after %.0f s: %s",
+                        last_said - failing_since,
+                        exc,
+                    )
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
                 delay = min(delay * 2, _BACKOFF_MAX_S)
                 continue

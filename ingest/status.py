@@ -15,7 +15,14 @@ import psycopg
 from devices.registry import RegistrySnapshot
 from devices.topics import parse_device_topic
 from ingest.decode import EPOCH, MALFORMED_PAYLOAD, SCHEMA_VIOLATION, UNKNOWN_DEVICE
-from store.deadline import DEFAULT_TIMEOUT, Deadline, connect_kwargs
+from store.deadline import (
+    DEFAULT_TIMEOUT,
+    Deadline,
+    Session,
+    connect_kwargs,
+    end_session,
+    session_of,
+)
 from store.writer import RejectRow
 
 logger = logging.getLogger(__name__)
@@ -143,6 +150,8 @@ class PresenceWriter:
         self._name = name
         self._timeout = timeout
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._session: Session | None = None  # the server session of `_conn`
+        self._abandoned: Session | None = None  # one given up on mid-update, to end
         self._written: dict[str, datetime] = {}  # last_seen last written per device
 
     async def write(
@@ -163,6 +172,9 @@ class PresenceWriter:
                 with deadline.watch(lambda: self._conn):
                     await self._apply(statuses, seen)
             except psycopg.Error as exc:
+                # Its server session may live on holding the rows' locks: the next connect
+                # ends it (store.deadline.end_session).
+                self._abandoned = self._session or self._abandoned
                 await self._drop()
                 why = deadline.describe() if deadline.expired else exc
                 logger.warning("%s: presence update failed, retrying: %s", self._name, why)
@@ -192,6 +204,10 @@ class PresenceWriter:
                 application_name=f"silobreak-{self._name}",
                 **connect_kwargs(self._conninfo, self._timeout),
             )
+            if self._abandoned is not None:
+                await end_session(self._conn, self._abandoned)
+                self._abandoned = None
+            self._session = await session_of(self._conn)
         # Sorted ids: concurrent ingestors lock the same rows in the same order.
         async with self._conn.transaction():
             if statuses:
@@ -208,3 +224,4 @@ class PresenceWriter:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
+        self._session = None

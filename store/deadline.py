@@ -9,7 +9,8 @@ import math
 import os
 import socket
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import psycopg
@@ -106,3 +107,43 @@ def sever(conn: psycopg.AsyncConnection[Any]) -> None:
     # the event loop still watch; shutdown() acts on the shared socket.
     with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
         sock.shutdown(socket.SHUT_RDWR)
+
+
+@dataclass(frozen=True)
+class Session:
+    """A server backend, named by its pid and start time (a pid alone may be reused)."""
+
+    pid: int
+    started: datetime
+
+
+async def session_of(conn: psycopg.AsyncConnection[Any]) -> Session | None:
+    """The server session behind `conn`, or None where the server does not list it."""
+    cur = await conn.execute(
+        "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+    )
+    row = await cur.fetchone()
+    return Session(row[0], row[1]) if row is not None and row[1] is not None else None
+
+
+async def end_session(conn: psycopg.AsyncConnection[Any], session: Session) -> bool:
+    """End the server session of a connection given up on; True if it was still there.
+
+    A severed link ends the client's side only. The server's backend lives on until TCP
+    gives up on the peer, hours later on a link that drops packets, and with it its open
+    transaction and the locks it holds: the keys of a batch it had inserted but not committed.
+    `idle_in_transaction_session_timeout` ends a backend that waits between statements, but
+    one waiting for the client inside a statement (COPY FROM STDIN, mid-batch) heeds no
+    timeout, and the batch's retry waits on those keys behind it. Only a terminate reaches
+    it; a role may end its own sessions.
+    """
+    cur = await conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE pid = %s AND backend_start = %s",
+        [session.pid, session.started],
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return False
+    logger.info("ended the server session %d of a connection given up on", session.pid)
+    return bool(row[0])

@@ -12,7 +12,7 @@ from typing import Any, Final, Literal
 import psycopg
 from psycopg import sql
 
-from store.deadline import Deadline, connect_kwargs
+from store.deadline import Deadline, Session, connect_kwargs, end_session, session_of
 from store.errors import StoreError, StoreRefused, StoreUnavailable, first_line
 from store.schema import READINGS_TABLES, ReadingsTable
 
@@ -104,6 +104,8 @@ class ReadingsWriter:
         self._insert_mode = insert_mode
         self._timeout = timeout
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._session: Session | None = None  # the server session of `_conn`
+        self._abandoned: Session | None = None  # one of a connection given up on, to end
         self._partitioned = False
         self._days: dict[str, set[Any]] = {}
         self._staged: set[str] = set()
@@ -122,6 +124,10 @@ class ReadingsWriter:
             row = await (
                 await self._conn.execute("SELECT value FROM store_settings WHERE key = 'backend'")
             ).fetchone()
+            if self._abandoned is not None:
+                await end_session(self._conn, self._abandoned)
+                self._abandoned = None
+            self._session = await session_of(self._conn)
         except psycopg.errors.UndefinedTable as exc:
             await self.close()
             raise StoreError("database is not migrated: run `silobreak migrate`") from exc
@@ -139,6 +145,14 @@ class ReadingsWriter:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
+        self._session = None
+
+    async def _abandon(self) -> None:
+        """Close a connection that failed: its server session may live on, in the middle of
+        the batch and holding its keys, so the next connect ends it (`end_session`)."""
+        session = self._session
+        await self.close()
+        self._abandoned = session or self._abandoned
 
     async def write(
         self,
@@ -197,7 +211,7 @@ class ReadingsWriter:
         except psycopg.Error as exc:
             self._staged.clear()  # a stage table made in the transaction is gone with it
             if conn.closed or _retryable(exc):
-                await self.close()
+                await self._abandon()
                 raise unavailable(self._name, exc) from exc
             if in_rows and _refuses_rows(exc):
                 raise StoreRefused(
@@ -298,7 +312,7 @@ class ReadingsWriter:
         except psycopg.Error as exc:
             self._staged.clear()
             if conn.closed or _retryable(exc):
-                await self.close()
+                await self._abandon()
                 raise unavailable(self._name, exc) from exc
             raise StoreError(f"{self._name}: batch refused: {first_line(exc)}") from exc
         result = WriteResult(stored, duplicates, len(rejects) + len(letters))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -12,7 +14,8 @@ import pytest
 
 from store.deadline import connect_kwargs, sever
 from store.errors import StoreUnavailable
-from store.writer import ReadingsWriter
+from store.schema import ReadingsTable
+from store.writer import ReadingsWriter, Row
 from tests.faults.checks import via_port
 from tests.support.proxy import Proxy
 
@@ -100,3 +103,74 @@ def test_a_transaction_frozen_on_a_dead_link_releases_its_locks_within_the_deadl
             "SELECT pm25 FROM readings_air_sensor WHERE device_id = %s", [device]
         ).fetchall()
     assert values == [(1.0,), (1.0,)]  # the frozen insert never committed
+
+
+class _DiesInCopy(ReadingsWriter):
+    """A writer whose link dies while the server is inside a COPY of its batch: after the
+    batch's first rows are in (uncommitted, their keys locked), the next COPY starts and the
+    link drops every packet from then on."""
+
+    link: Proxy | None = None
+
+    async def _write_rows(
+        self, conn: psycopg.AsyncConnection[Any], table: ReadingsTable, rows: Sequence[Row]
+    ) -> tuple[int, int]:
+        written = await super()._write_rows(conn, table, rows)
+        link, self.link = self.link, None
+        if link is not None:
+            columns = "time, device_id, service, pm25"
+            async with conn.cursor().copy(f"COPY {table.name} ({columns}) FROM STDIN") as copy:
+                link.blackhole()  # the server waits for the rest of the COPY
+                ts = datetime.now(UTC).isoformat()
+                chunk = f"{ts}\t{rows[0][1]}-more\tenvironment\t1\n".encode() * 20_000
+                while True:  # until the deadline severs the link
+                    await copy.write(chunk)
+        return written
+
+
+def test_a_batch_cut_off_inside_a_copy_is_ended_on_the_server_when_the_writer_reconnects(
+    db_url: str, device_prefix: str
+) -> None:
+    """A backend waiting for COPY data heeds no statement timeout: until the writer ends it,
+    the retry of the same batch would wait on the keys it holds, one deadline after another."""
+    port = urlsplit(db_url).port
+    assert port is not None
+    device = f"{device_prefix}c"
+    batch = {"air_sensor": [row(device, 5), row(device, 4)]}
+
+    async def go() -> tuple[int, int]:
+        async with Proxy(port) as link:
+            writer = _DiesInCopy(via_port(db_url, link.port), timeout=DEADLINE)
+            try:
+                await writer.write({"air_sensor": [row(device, 6)]})  # today's partition made
+                assert writer._session is not None
+                cut_off = writer._session.pid
+                writer.link = link
+                with pytest.raises(StoreUnavailable, match="did not answer within 2 s"):
+                    await writer.write(batch)
+                link.unblock()  # the link is back; the cut-off session is still on the server
+                attempts = 0
+                while True:
+                    attempts += 1
+                    try:
+                        result = await writer.write(batch)
+                        break
+                    except StoreUnavailable:
+                        # Without ending it, every retry waits out its deadline on the keys.
+                        assert attempts < 3, "the retry still waits on the cut-off session"
+                assert result.stored == 2
+                return cut_off, attempts
+            finally:
+                await writer.close()
+
+    cut_off, attempts = asyncio.run(go())
+    assert attempts == 1
+    with psycopg.connect(db_url) as conn:
+        alive = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [cut_off])
+        assert alive.fetchone() == (0,)
+        stored = conn.execute(
+            "SELECT device_id, count(*) FROM readings_air_sensor WHERE device_id LIKE %s"
+            " GROUP BY device_id ORDER BY 1",
+            [f"{device}%"],
+        ).fetchall()
+    assert stored == [(device, 3)]  # nothing of the cut-off COPY was committed
