@@ -395,8 +395,11 @@ def test_over_mqtt_3_1_1_the_broker_acknowledges_what_no_subscriber_took_and_it_
         # The trade-off of 3.1.1: the PUBACK cannot say that nobody took the messages.
         assert (stats.acknowledged, stats.unrouted, stats.unsent) == (100, 0, 0)
         subscriber = Subscriber(broker.url, f"sub-{slug}", slug)
-        time.sleep(0.5)
-        assert subscriber.payloads("telemetry") == []
+        # A barrier, not a pause: a retained message comes on SUBSCRIBE, before this one.
+        marker = f"devices/{slug}-marker/telemetry"
+        subscriber.client.publish(marker, b"marker", qos=1)
+        assert subscriber.wait_until(lambda: bool(subscriber.payloads("telemetry")))
+        assert subscriber.payloads("telemetry") == [(marker, b"marker")]
         subscriber.close()
     finally:
         broker.stop()

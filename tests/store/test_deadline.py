@@ -22,6 +22,9 @@ from tests.support.proxy import Proxy
 pytestmark = pytest.mark.integration
 
 DEADLINE = timedelta(seconds=2)
+# A call that would hang never ends; one the deadline ends does within this, however busy
+# the machine (the deadline's own timing is measured by the fault benchmarks, not here).
+GENEROUS_S = 5 * DEADLINE.total_seconds()
 
 
 def row(device: str, seconds_ago: int) -> tuple[object, ...]:
@@ -44,12 +47,12 @@ def test_a_write_on_a_silent_link_fails_at_the_deadline_and_the_next_reconnects(
                 started = time.monotonic()
                 with pytest.raises(StoreUnavailable, match="did not answer within 2 s"):
                     await writer.write({"air_sensor": [row(f"{device_prefix}a", 2)]})
-                assert time.monotonic() - started < DEADLINE.total_seconds() + 1.5
+                assert time.monotonic() - started < GENEROUS_S
                 # A new connection is accepted and never answered: connect_timeout ends it.
                 started = time.monotonic()
                 with pytest.raises(StoreUnavailable):
                     await writer.write({"air_sensor": [row(f"{device_prefix}a", 2)]})
-                assert time.monotonic() - started < DEADLINE.total_seconds() + 1.5
+                assert time.monotonic() - started < GENEROUS_S
                 link.unblock()
                 result = await writer.write({"air_sensor": [row(f"{device_prefix}a", 2)]})
                 assert result.stored == 1
@@ -89,9 +92,9 @@ def test_a_transaction_frozen_on_a_dead_link_releases_its_locks_within_the_deadl
                         result = await writer.write({"air_sensor": [first]})
                         break
                     except StoreUnavailable:
-                        assert time.monotonic() - started < 3 * DEADLINE.total_seconds()
+                        assert time.monotonic() - started < 2 * GENEROUS_S
                 assert result.stored == 1
-                assert time.monotonic() - started < 2 * DEADLINE.total_seconds() + 1.5
+                assert time.monotonic() - started < 2 * GENEROUS_S
             finally:
                 await writer.close()
                 sever(frozen)

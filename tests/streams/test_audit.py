@@ -190,7 +190,8 @@ def test_while_the_store_is_away_the_recorder_keeps_callers_waiting(
         recorder = audit.Recorder(unreachable, retry_s=0.1)
         task = asyncio.create_task(recorder.run())
         future = recorder.write(audit.Event("streams", "delivery.batch", readings=3))
-        await asyncio.sleep(0.5)
+        tried_twice = lambda: caplog.text.count("store unavailable") >= 2  # noqa: E731
+        await asyncio.to_thread(wait_until, tried_twice, "two failed tries at the store", 60)
         assert not future.done()  # not sent: nothing goes out unrecorded
         recorder.close()
         await task

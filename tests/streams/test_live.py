@@ -389,5 +389,6 @@ def test_a_commit_wakes_the_hub_without_waiting_for_its_poll_even_after_losing_i
         return waited
 
     waited = asyncio.run(go())
-    # A poll would have taken up to 30 s; a notification takes one tick.
-    assert all(w < 3.0 for w in waited), waited
+    # A poll would have taken up to 30 s; a notification takes one tick (its latency is
+    # measured by `silobreak bench streams`; here only that it is not the poll's).
+    assert all(w < 15.0 for w in waited), waited
