@@ -191,7 +191,7 @@ def test_while_the_store_is_away_the_recorder_keeps_callers_waiting(
         task = asyncio.create_task(recorder.run())
         future = recorder.write(audit.Event("streams", "delivery.batch", readings=3))
         tried_twice = lambda: caplog.text.count("store unavailable") >= 2  # noqa: E731
-        await asyncio.to_thread(wait_until, tried_twice, "two failed tries at the store", 60)
+        await asyncio.to_thread(wait_until, tried_twice, 60, "two failed tries at the store")
         assert not future.done()  # not sent: nothing goes out unrecorded
         recorder.close()
         await task
