@@ -181,6 +181,13 @@ class _Client:
         conn.write(self._connect[clean_start])
         try:
             connack = self._accepted(await self._answer(self._connack, "CONNECT"))
+        except MqttConnectionLost as exc:
+            conn.abort(MqttConnectionLost("CONNECT failed"))
+            if self.v5 and conn.closed.done() and not conn.reads:
+                # RabbitMQ 3.10 closes the connection on an MQTT 5 CONNECT without a CONNACK.
+                hint = "; a broker that speaks only MQTT 3.1.1 does that: add ?protocol=3.1.1"
+                raise MqttConnectionLost(f"{exc} before answering CONNECT{hint}") from exc
+            raise
         except BaseException:
             conn.abort(MqttConnectionLost("CONNECT failed"))
             raise
