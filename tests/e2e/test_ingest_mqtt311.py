@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +23,8 @@ from tests.e2e.harness import (
     wait_until,
 )
 from tests.e2e.test_ingest import expected_rows, stored_rows
+from tests.support import rabbitmq
+from tests.support.rabbitmq import LocalRabbitMQ
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +94,37 @@ def test_ingest_with_no_share_group_subscribes_to_the_plain_filter(
     publish(v311(broker), [(t, p) for t, p, *_ in items], f"{device_prefix}pub")
     wait_for_messages(db_url, device_prefix, len(items))
     assert {r[:4] for r in stored_rows(db_url, device_prefix)} == expected_rows(items)
+
+
+@pytest.fixture
+def rabbit(service_dir: Path) -> Iterator[LocalRabbitMQ]:
+    why = rabbitmq.missing()
+    if why is not None:
+        pytest.skip(why)
+    node = LocalRabbitMQ(service_dir / "rabbitmq")
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.mark.slow
+def test_ingest_stores_every_reading_from_rabbitmq_over_3_1_1(
+    rabbit: LocalRabbitMQ, db_url: str, device_prefix: str, start_ingestor: StartIngestor
+) -> None:
+    records = fleet(device_prefix, per_type=10)
+    register(db_url, records)
+    items = messages(records, per_device=50)
+    proc = start_ingestor(rabbit.url, db_url, ingest_share_group="")
+    proc.wait_for_log("subscribed to devices/+/telemetry over MQTT 3.1.1")
+    publish(rabbit.url, [(t, p) for t, p, *_ in items], f"{device_prefix}pub")
+    wait_for_messages(db_url, device_prefix, len(items))
+    assert {r[:4] for r in stored_rows(db_url, device_prefix)} == expected_rows(items)
+    # Killed and started again under its client id, it gets what came in between.
+    proc.kill()
+    # Times after the first set's (which end now), inside the accepted 5 minutes ahead.
+    later = messages(records, per_device=10, end=datetime.now(UTC) + timedelta(minutes=2))
+    publish(rabbit.url, [(t, p) for t, p, *_ in later], f"{device_prefix}pub2")
+    start_ingestor(rabbit.url, db_url, ingest_share_group="")
+    wait_for_messages(db_url, device_prefix, len(items) + len(later))
