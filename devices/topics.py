@@ -28,7 +28,9 @@ def topic(device_id: str, channel: str) -> str:
 
 
 def shared_filter(group: str, topic_filter: str = TELEMETRY_FILTER) -> str:
-    return f"$share/{group}/{topic_filter}"
+    """`topic_filter` shared by `group`; with no group, the plain filter: for a broker without
+    shared subscriptions (RabbitMQ before 3.13), where one ingestor must take everything."""
+    return f"$share/{group}/{topic_filter}" if group else topic_filter
 
 
 def parse_device_topic(name: str) -> tuple[str, str] | None:

@@ -130,9 +130,10 @@ class Ingestor:
             except MqttError as exc:
                 raise IngestError(f"MQTT: {exc}") from exc
             logger.info(
-                "ingest %s: subscribed to %s",
+                "ingest %s: subscribed to %s over MQTT %s",
                 self.config.client_id,
                 shared_filter(self.config.share_group),
+                self._subscriber.url.protocol,
             )
             tasks = [
                 asyncio.create_task(self._write_loop(stop), name="ingest-writer"),

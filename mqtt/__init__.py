@@ -1,4 +1,5 @@
-"""The project's own MQTT client: codec, connections, broker URLs, one root error.
+"""The project's own MQTT client (MQTT 5, or 3.1.1 by `?protocol=3.1.1`): codec, connections,
+broker URLs, one root error.
 
 The ground floor: nothing here imports another project package. `ingest` receives with
 `MqttSubscriber`, `streams` delivers with `MqttPublisher`; the simulator keeps paho, as
@@ -17,7 +18,7 @@ from mqtt.errors import (
     PublishRejected,
     SubscriptionRefused,
 )
-from mqtt.url import DEFAULT_PORT, DEFAULT_TLS_PORT, MqttUrl, redact
+from mqtt.url import DEFAULT_PORT, DEFAULT_TLS_PORT, MqttUrl, ProtocolVersion, redact
 
 __all__ = [
     "DEFAULT_PORT",
@@ -31,6 +32,7 @@ __all__ = [
     "MqttPublisher",
     "MqttSubscriber",
     "MqttUrl",
+    "ProtocolVersion",
     "PublishRejected",
     "SubscriptionRefused",
     "Will",

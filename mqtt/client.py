@@ -1,4 +1,11 @@
-"""A lean asyncio MQTT 5.0 client: an ack-later subscriber and a pipelining publisher."""
+"""A lean asyncio MQTT client: an ack-later subscriber and a pipelining publisher.
+
+It speaks MQTT 5.0, or 3.1.1 when the broker URL says `?protocol=3.1.1`. On 3.1.1 the
+features 3.1.1 lacks degrade: a kept session is Clean Session 0 (the broker's own setting
+says how long it is kept), the in-flight window is the broker's setting, a PUBACK means
+accepted, a SUBACK failure (0x80) gives no reason, and a will is sent by closing the
+connection without DISCONNECT.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ from mqtt.codec import (
 )
 from mqtt.errors import (
     _V3_CONNACK_NAMES,
+    _V3_CONNACK_NAMES_V3,
     BadMqttUrl,
     BrokerUnreachable,
     ConnectionRefused,
@@ -62,7 +70,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, owner: _Client) -> None:
         self.owner = owner
-        self.reader = PacketReader()
+        self.reader = PacketReader(v5=owner.v5)
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.error: MqttError | None = None  # why we dropped it, when it was our decision
@@ -134,6 +142,7 @@ class _Client:
         self._ssl = ssl if ssl is not None or not self.url.tls else _ssl.create_default_context()
         self.client_id = client_id
         self.broker = self.url.broker
+        self.v5 = self.url.v5
         self._keepalive = keepalive
         self._connect = {
             clean: encode_connect(
@@ -141,10 +150,14 @@ class _Client:
                 username=self.url.username,
                 password=self.url.password,
                 keepalive=keepalive,
-                clean_start=clean,
+                # 3.1.1 keeps a session only with Clean Session 0, and then until the broker
+                # expires it (Mosquitto: persistent_client_expiration); a session expiry of 0
+                # (nothing kept) is Clean Session 1 there.
+                clean_start=clean if self.v5 else clean or not session_expiry,
                 session_expiry=session_expiry,
                 receive_maximum=receive_maximum,
                 will=will,
+                v5=self.v5,
             )
             for clean in (True, False)
         }
@@ -168,6 +181,13 @@ class _Client:
         conn.write(self._connect[clean_start])
         try:
             connack = self._accepted(await self._answer(self._connack, "CONNECT"))
+        except MqttConnectionLost as exc:
+            conn.abort(MqttConnectionLost("CONNECT failed"))
+            if self.v5 and conn.closed.done() and not conn.reads:
+                # RabbitMQ 3.10 closes the connection on an MQTT 5 CONNECT without a CONNACK.
+                hint = "; a broker that speaks only MQTT 3.1.1 does that: add ?protocol=3.1.1"
+                raise MqttConnectionLost(f"{exc} before answering CONNECT{hint}") from exc
+            raise
         except BaseException:
             conn.abort(MqttConnectionLost("CONNECT failed"))
             raise
@@ -178,9 +198,10 @@ class _Client:
         return conn, connack
 
     def _accepted(self, connack: ConnAck) -> ConnAck:
-        if connack.reason_code != 0:  # the only success code (§3.2.2.2)
+        if connack.reason_code != 0:  # the only success code (§3.2.2.2; 3.1.1 §3.2.2.3)
             code = connack.reason_code
-            name = _V3_CONNACK_NAMES.get(code) or reason_name(code)
+            names = _V3_CONNACK_NAMES if self.v5 else _V3_CONNACK_NAMES_V3
+            name = names.get(code) or reason_name(code)
             raise ConnectionRefused(code, name, broker=self.broker, client_id=self.client_id)
         return connack
 
@@ -250,7 +271,11 @@ class _Client:
         conn = self._conn
         if conn is None or conn.transport is None:
             return
-        conn.write(encode_disconnect(reason_code))
+        if self.v5:
+            conn.write(encode_disconnect(reason_code))
+        elif reason_code == 0:
+            conn.write(encode_disconnect(v5=False))
+        # else 0x04: a 3.1.1 broker sends the will when the connection ends without DISCONNECT
         conn.transport.close()  # sends what is buffered, DISCONNECT last, then closes
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
@@ -334,7 +359,8 @@ class MqttSubscriber(_Client):
         self._runner = asyncio.create_task(self._keep_connected(conn), name=name)
 
     async def stop(self) -> None:
-        """DISCONNECT and close; with session expiry > 0 the broker keeps the session."""
+        """DISCONNECT and close; with session expiry > 0 the broker keeps the session (3.1.1:
+        with Clean Session 0, for as long as the broker keeps sessions)."""
         self._stopping = True
         runner = self._runner
         if runner is not None:
@@ -388,7 +414,7 @@ class MqttSubscriber(_Client):
             log = logger.warning if self._generation > 1 else logger.info
             log("MQTT %s: the broker had no session for us; starting a new one", self.client_id)
         self._suback = asyncio.get_running_loop().create_future()
-        conn.write(encode_subscribe(1, self._filters))
+        conn.write(encode_subscribe(1, self._filters, v5=self.v5))
         try:
             self._check_granted(await self._answer(self._suback, "SUBSCRIBE"))
         except BaseException:
@@ -406,7 +432,7 @@ class MqttSubscriber(_Client):
             raise MqttProtocolError(msg)
         for topic_filter, code in zip(self._filters, codes, strict=True):
             if code >= 0x80:
-                raise SubscriptionRefused(topic_filter, code)
+                raise SubscriptionRefused(topic_filter, code, v5=self.v5)
 
     async def _keep_connected(self, conn: _Connection) -> None:
         while True:
@@ -520,6 +546,7 @@ class MqttPublisher(_Client):
         _, connack = await self._handshake(clean_start=True)
         # More unacknowledged QoS 1 publishes than the broker's Receive Maximum is a
         # protocol error (§3.3.4); Mosquitto advertises its max_inflight_messages (default 20).
+        # A 3.1.1 CONNACK advertises nothing: the window stays as given.
         self.window = min(self.window, connack.receive_maximum)
 
     async def stop(self, *, send_will: bool = False) -> None:
@@ -534,7 +561,7 @@ class MqttPublisher(_Client):
             await self._inflight_at_most(self.window - 1)
             packet_id = self._take_id()
         self._live().write(
-            encode_publish(topic, payload, qos=qos, retain=retain, packet_id=packet_id)
+            encode_publish(topic, payload, qos=qos, retain=retain, packet_id=packet_id, v5=self.v5)
         )
         self.published += 1
 
@@ -542,14 +569,17 @@ class MqttPublisher(_Client):
         """Send one QoS 1 message and wait for its PUBACK; return its reason code.
 
         0 or 0x10 "no matching subscribers" (the broker took it); PublishRejected for a
-        failure code; MqttConnectionLost when the connection ends before the PUBACK.
+        failure code; MqttConnectionLost when the connection ends before the PUBACK. A 3.1.1
+        PUBACK has no reason code: it means the broker took the message, and returns 0.
         """
         await self._inflight_at_most(self.window - 1)
         conn = self._live()
         packet_id = self._take_id()
         acked: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._acked[packet_id] = acked
-        conn.write(encode_publish(topic, payload, qos=1, retain=retain, packet_id=packet_id))
+        conn.write(
+            encode_publish(topic, payload, qos=1, retain=retain, packet_id=packet_id, v5=self.v5)
+        )
         self.published += 1
         code = await acked
         if code >= 0x80:
@@ -566,13 +596,16 @@ class MqttPublisher(_Client):
         source = iter(packets)
         # Refill only once half the window is free, so that each write stays large.
         batch = min(PUBLISH_CHUNK, max(1, self.window // 2))
+        v5 = self.v5
         while True:
             room = PUBLISH_CHUNK
             if qos:
                 await self._inflight_at_most(self.window - batch)
                 room = min(PUBLISH_CHUNK, self.window - len(self._inflight))
             chunk = [
-                encode_publish(t, p, qos=qos, retain=retain, packet_id=qos and self._take_id())
+                encode_publish(
+                    t, p, qos=qos, retain=retain, packet_id=qos and self._take_id(), v5=v5
+                )
                 for t, p in islice(source, room)
             ]
             if not chunk:

@@ -1,4 +1,9 @@
-"""MQTT 5.0 on the wire: packet encoding and an incremental parser."""
+"""MQTT 5.0 and 3.1.1 on the wire: packet encoding and an incremental parser.
+
+Each function takes `v5` (True: MQTT 5.0, False: 3.1.1, protocol level 4). The two differ on
+the wire by what 3.1.1 lacks: properties, reason codes in PUBACK and DISCONNECT, and the
+subscription options beyond QoS.
+"""
 
 from __future__ import annotations
 
@@ -63,7 +68,10 @@ def encode_connect(
     session_expiry: int = 0,
     receive_maximum: int = MAX_PACKET_ID,
     will: Will | None = None,
+    v5: bool = True,
 ) -> bytes:
+    """CONNECT; on 3.1.1 `clean_start` is the Clean Session flag and the session expiry and
+    receive maximum are not sent (3.1.1 has neither: the broker's own settings apply)."""
     if not 1 <= receive_maximum <= MAX_PACKET_ID:  # 0 is a protocol error (§3.1.2.11.3)
         raise ValueError(f"receive_maximum must be 1..65535, not {receive_maximum}")
     # Receive Maximum is sent even at 65535, its default when absent (§3.1.2.11.3): Mosquitto
@@ -75,22 +83,31 @@ def encode_connect(
     tail = [_string(client_id)]
     if will is not None:
         flags |= 0x04 | (will.qos << 3) | (will.retain << 5)
-        tail += [b"\x00", _string(will.topic), _binary(will.payload)]  # no will properties
+        tail += [b"\x00"] if v5 else []  # no will properties
+        tail += [_string(will.topic), _binary(will.payload)]
+    if password is not None and username is None and not v5:  # 3.1.1 §3.1.2.9
+        raise ValueError("MQTT 3.1.1 sends a password only with a user name")
     if username is not None:
         flags |= 0x80
         tail.append(_string(username))
     if password is not None:
         flags |= 0x40
         tail.append(_binary(password.encode()))
-    head = b"\x00\x04MQTT\x05" + struct.pack(">BH", flags, keepalive) + _vbi(len(props)) + props
+    if v5:
+        head = b"\x00\x04MQTT\x05" + struct.pack(">BH", flags, keepalive) + _vbi(len(props)) + props
+    else:
+        head = b"\x00\x04MQTT\x04" + struct.pack(">BH", flags, keepalive)
     return _packet(0x10, head + b"".join(tail))
 
 
-def encode_subscribe(packet_id: int, topic_filters: Sequence[str], *, qos: int = 1) -> bytes:
+def encode_subscribe(
+    packet_id: int, topic_filters: Sequence[str], *, qos: int = 1, v5: bool = True
+) -> bytes:
     # Retain Handling 1 (§3.8.3.1): retained messages only for a new subscription, so a
-    # resubscribe after reconnect does not deliver them a second time.
-    options = bytes((qos | 0x10,))
-    body = [struct.pack(">HB", packet_id, 0)]
+    # resubscribe after reconnect does not deliver them a second time. 3.1.1 has only the
+    # QoS bits (its §3.8.3.1: the rest are reserved): a resubscribe gets them again.
+    options = bytes((qos | 0x10,)) if v5 else bytes((qos,))
+    body = [struct.pack(">HB", packet_id, 0) if v5 else struct.pack(">H", packet_id)]
     body += [_string(f) + options for f in topic_filters]
     return _packet(0x82, b"".join(body))
 
@@ -103,27 +120,34 @@ def encode_publish(
     retain: bool = False,
     dup: bool = False,
     packet_id: int = 0,
+    v5: bool = True,
 ) -> bytes:
     name = topic.encode()
+    props = b"\x00" if v5 else b""  # no properties; 3.1.1 has no field for them
     if qos:
         if not 0 < packet_id <= MAX_PACKET_ID or qos != 1:
             raise ValueError(f"QoS 1 needs a packet id 1..65535 (QoS {qos}, id {packet_id})")
-        var = struct.pack(">H", len(name)) + name + struct.pack(">HB", packet_id, 0)
+        var = struct.pack(">H", len(name)) + name + struct.pack(">H", packet_id) + props
     else:
-        var = struct.pack(">H", len(name)) + name + b"\x00"
+        var = struct.pack(">H", len(name)) + name + props
     first = 0x30 | (dup << 3) | (qos << 1) | retain
     return bytes((first,)) + _vbi(len(var) + len(payload)) + var + payload
 
 
 def encode_pubacks(packet_ids: Iterable[int]) -> bytes:
-    """PUBACKs (success, short form) for many packet ids as one buffer; id 0 (QoS 0) is skipped."""
+    """PUBACKs (success, short form) for many packet ids as one buffer; id 0 (QoS 0) is skipped.
+
+    The short form is also the whole of a 3.1.1 PUBACK.
+    """
     words = [_PUBACK_WORD | pid for pid in packet_ids if pid]
     if words and (min(words) <= _PUBACK_WORD or max(words) > _PUBACK_WORD | MAX_PACKET_ID):
         raise ValueError("packet ids must be 1..65535")
     return struct.pack(f">{len(words)}I", *words)
 
 
-def encode_disconnect(reason_code: int = 0) -> bytes:
+def encode_disconnect(reason_code: int = 0, *, v5: bool = True) -> bytes:
+    if reason_code and not v5:
+        raise ValueError(f"a 3.1.1 DISCONNECT has no reason code (asked for 0x{reason_code:02X})")
     return b"\xe0\x00" if reason_code == 0 else bytes((0xE0, 1, reason_code))
 
 
@@ -203,9 +227,10 @@ Packet = Publish | ConnAck | SubAck | PubAck | PingResp | Disconnect
 class PacketReader:
     """Cuts the byte stream from a broker into packets; a partial packet waits for more bytes."""
 
-    __slots__ = ("_held", "_held_len", "_need")
+    __slots__ = ("_held", "_held_len", "_need", "_v5")
 
-    def __init__(self) -> None:
+    def __init__(self, *, v5: bool = True) -> None:
+        self._v5 = v5
         self._held: list[bytes] = []  # the start of an incomplete packet, in pieces
         self._held_len = 0
         self._need = 0  # bytes the incomplete packet needs before parsing is worth trying
@@ -220,14 +245,14 @@ class PacketReader:
                 return []
             data = b"".join(self._held)
             self._held = []
-        packets, used, self._need = _cut(data)
+        packets, used, self._need = _cut(data, self._v5)
         if used < len(data):
             self._held = [data[used:]]
             self._held_len = len(data) - used
         return packets
 
 
-def _cut(data: bytes) -> tuple[list[Packet], int, int]:
+def _cut(data: bytes, v5: bool = True) -> tuple[list[Packet], int, int]:
     """The whole packets at the start of `data`, the bytes they use, and how many bytes the
     incomplete packet after them needs before it can be parsed."""
     packets: list[Packet] = []
@@ -262,26 +287,28 @@ def _cut(data: bytes) -> tuple[list[Packet], int, int]:
                 if qos:
                     packet_id = (data[k] << 8) | data[k + 1]
                     k += 2
-                props = data[k]
-                if props < 0x80:
-                    k += 1 + props
-                else:
-                    props, k = _read_vbi(data, k)
-                    k += props
+                props = 0  # 3.1.1: the payload follows the packet id
+                if v5:
+                    props = data[k]
+                    if props < 0x80:
+                        k += 1 + props
+                    else:
+                        props, k = _read_vbi(data, k)
+                        k += props
                 if k > end or qos == 3 or props < 0:
                     raise MqttProtocolError(f"malformed PUBLISH on {topic!r} from the broker")
                 # tuple.__new__ skips NamedTuple's Python-level __new__: 130 ns, not 320.
                 fields = (packet_id, topic, data[k:end], qos, bool(first & 0x08))
                 packets.append(new_tuple(Publish, fields))
             else:
-                packets.append(_parse_control(first, data, start, end))
+                packets.append(_parse_control(first, data, start, end, v5))
             i = end
     except (IndexError, UnicodeDecodeError, struct.error) as exc:
         raise MqttProtocolError(f"malformed packet from the broker: {exc}") from exc
     return packets, i, need
 
 
-def _parse_control(first: int, data: bytes, start: int, end: int) -> Packet:
+def _parse_control(first: int, data: bytes, start: int, end: int, v5: bool) -> Packet:
     kind = first >> 4
     if kind == 4:  # PUBACK; reason code and properties may be omitted (§3.4.2.1)
         code = data[start + 2] if end - start > 2 else 0
@@ -296,8 +323,8 @@ def _parse_control(first: int, data: bytes, start: int, end: int) -> Packet:
             server_keep_alive=cast("int | None", props.get(0x13)),
             reason_string=cast("str | None", props.get(0x1F)),
         )
-    if kind == 9:  # SUBACK
-        k = _parse_properties(data, start + 2, end)[1]
+    if kind == 9:  # SUBACK; 3.1.1's has no properties, and 0x80 is its one failure code
+        k = _parse_properties(data, start + 2, end)[1] if v5 else start + 2
         return SubAck((data[start] << 8) | data[start + 1], tuple(data[k:end]))
     if kind == 13:
         return PingResp()

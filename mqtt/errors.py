@@ -26,11 +26,16 @@ REASON_NAMES: Final[dict[int, str]] = {
     0xA0: "maximum connect time", 0xA1: "subscription identifiers not supported",
     0xA2: "wildcard subscriptions not supported",
 }  # fmt: skip
-# A broker that speaks only MQTT 3.1.1 answers our CONNECT with a 3.1.1 return code.
+# A broker that speaks only MQTT 3.1.1 answers our MQTT 5 CONNECT with a 3.1.1 return code.
 _V3_CONNACK_NAMES: Final = {
-    1: "unsupported protocol version (the broker speaks only MQTT 3.1.1 or older)",
+    1: "unsupported protocol version (the broker speaks only MQTT 3.1.1 or older: "
+    "add ?protocol=3.1.1 to the broker URL)",
     2: "client identifier not valid", 3: "server unavailable",
     4: "bad user name or password", 5: "not authorized",
+}  # fmt: skip
+# CONNACK return codes 1-5 (3.1.1 §3.2.2.3) as a 3.1.1 client hears them.
+_V3_CONNACK_NAMES_V3: Final = {
+    **_V3_CONNACK_NAMES, 1: "unacceptable protocol version (the broker does not speak MQTT 3.1.1)"
 }  # fmt: skip
 # CONNACK codes (v5 and 3.1.1) that a wrong user name or password earns; Mosquitto 2.0
 # answers both a bad password and a missing one with 0x87.
@@ -75,13 +80,16 @@ class ConnectionRefused(MqttError):
 class SubscriptionRefused(MqttError):
     """The broker refused one topic filter of a SUBSCRIBE."""
 
-    def __init__(self, topic_filter: str, reason_code: int) -> None:
+    def __init__(self, topic_filter: str, reason_code: int, *, v5: bool = True) -> None:
         self.topic_filter = topic_filter
         self.reason_code = reason_code
-        super().__init__(
-            f"MQTT broker refused the subscription to {topic_filter!r}: "
-            f"{reason_name(reason_code)} (reason code 0x{reason_code:02X})"
-        )
+        if v5:
+            why = f"{reason_name(reason_code)} (reason code 0x{reason_code:02X})"
+        else:  # 0x80 is 3.1.1's one failure code (§3.9.3): the broker says no more
+            why = f"failure (SUBACK return code 0x{reason_code:02X}; MQTT 3.1.1 gives no reason)"
+            if topic_filter.startswith("$share/"):
+                why += "; the broker may not take shared subscriptions over MQTT 3.1.1"
+        super().__init__(f"MQTT broker refused the subscription to {topic_filter!r}: {why}")
 
 
 class PublishRejected(MqttError):
@@ -93,4 +101,4 @@ class MqttConnectionLost(MqttError):
 
 
 class MqttProtocolError(MqttError):
-    """The broker sent bytes that are not MQTT 5.0 as this client speaks it."""
+    """The broker sent bytes that are not MQTT (5.0 or 3.1.1, as asked) as this client speaks it."""

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     catalog: Path | None = None
 
     ingest_client_id: str = Field(default_factory=lambda: f"ingest-{socket.gethostname()}")
+    # Ingestors subscribe as members of this shared subscription ($share/<group>/...), over
+    # MQTT 3.1.1 too. Empty: a plain subscription, for a broker without shared subscriptions
+    # (RabbitMQ 3.10 reads `$share/...` as a topic no device publishes to), and one ingestor.
     ingest_share_group: str = "ingest"
     # A batch of 5,000 messages amortises COPY's per-statement cost (~1 ms) to ~0.2 µs each.
     ingest_batch_size: int = Field(default=5000, ge=1, le=100_000)

@@ -42,6 +42,29 @@ def test_url_without_credentials_has_none_and_empty_ones_count_as_none() -> None
     assert MqttUrl.parse("mqtt://@h") == MqttUrl("h", 1883)
 
 
+@pytest.mark.parametrize(
+    ("url", "protocol"),
+    [
+        ("mqtt://h", "5"),
+        ("mqtt://h?protocol=5", "5"),
+        ("mqtt://h/?protocol=5.0", "5"),
+        ("mqtt://u:p@h:1884?protocol=3.1.1", "3.1.1"),
+        ("mqtts://h?protocol=3.1.1", "3.1.1"),
+    ],
+)
+def test_url_names_the_protocol_version_and_mqtt_5_is_the_default(url: str, protocol: str) -> None:
+    parsed = MqttUrl.parse(url)
+    assert parsed.protocol == protocol
+    assert parsed.v5 is (protocol == "5")
+
+
+def test_str_keeps_a_3_1_1_protocol_so_that_it_parses_back_the_same() -> None:
+    url = MqttUrl.parse("mqtt://u:p@h:1884?protocol=3.1.1")
+    assert str(url) == "mqtt://u@h:1884?protocol=3.1.1"
+    assert MqttUrl.parse(str(url)) == MqttUrl("h", 1884, "u", protocol="3.1.1")
+    assert str(MqttUrl.parse("mqtt://h:1?protocol=5")) == "mqtt://h:1"
+
+
 def test_ipv6_host_is_unbracketed_and_named_with_brackets() -> None:
     url = MqttUrl.parse("mqtt://[::1]:1884")
     assert url.host == "::1"
@@ -67,6 +90,12 @@ def test_str_names_scheme_user_host_and_port_but_never_the_password() -> None:
         ("mqtt://u:secret@host:port", "1 to 65535"),
         ("mqtt://u:secret@host:1883/x", "path"),
         ("mqtt://u:secret@host:1883?x=1", "query"),
+        ("mqtt://u:secret@host:1883?protocol=3.1.1&x=1", "query"),
+        ("mqtt://u:secret@host:1883?protocol=4", "protocol=3.1.1"),
+        ("mqtt://u:secret@host:1883?protocol=3.1", "protocol=3.1.1"),
+        ("mqtt://u:secret@host:1883?protocol=", "protocol=3.1.1"),
+        ("mqtt://:secret@host:1883?protocol=3.1.1", "needs a user name"),
+        ("mqtt://u:secret@host:1883#protocol=3.1.1", "fragment"),
     ],
 )
 def test_bad_url_is_one_readable_line_without_the_password(url: str, says: str) -> None:
