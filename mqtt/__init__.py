@@ -16,6 +16,7 @@ from mqtt.errors import (
     MqttError,
     MqttProtocolError,
     PublishRejected,
+    SubscriptionDowngraded,
     SubscriptionRefused,
 )
 from mqtt.url import DEFAULT_PORT, DEFAULT_TLS_PORT, MqttUrl, ProtocolVersion, redact
@@ -34,6 +35,7 @@ __all__ = [
     "MqttUrl",
     "ProtocolVersion",
     "PublishRejected",
+    "SubscriptionDowngraded",
     "SubscriptionRefused",
     "Will",
     "redact",

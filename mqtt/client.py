@@ -52,6 +52,7 @@ from mqtt.errors import (
     MqttError,
     MqttProtocolError,
     PublishRejected,
+    SubscriptionDowngraded,
     SubscriptionRefused,
     reason_name,
 )
@@ -433,6 +434,8 @@ class MqttSubscriber(_Client):
         for topic_filter, code in zip(self._filters, codes, strict=True):
             if code >= 0x80:
                 raise SubscriptionRefused(topic_filter, code, v5=self.v5)
+            if code < 1:  # QoS 1 asked; a broker capped at QoS 0 would lose what we drop
+                raise SubscriptionDowngraded(topic_filter, code)
 
     async def _keep_connected(self, conn: _Connection) -> None:
         while True:

@@ -92,6 +92,18 @@ class SubscriptionRefused(MqttError):
         super().__init__(f"MQTT broker refused the subscription to {topic_filter!r}: {why}")
 
 
+class SubscriptionDowngraded(MqttError):
+    """The broker granted a topic filter a lower QoS than the 1 asked for."""
+
+    def __init__(self, topic_filter: str, granted: int) -> None:
+        self.topic_filter = topic_filter
+        self.granted = granted
+        super().__init__(
+            f"MQTT broker granted QoS {granted} to {topic_filter!r} where QoS 1 was asked:"
+            " messages would be lost on any disconnect; allow QoS 1 on the broker (max_qos)"
+        )
+
+
 class PublishRejected(MqttError):
     """The broker answered QoS 1 publishes with a failure PUBACK."""
 

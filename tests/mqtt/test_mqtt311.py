@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mqtt import MqttPublisher, MqttSubscriber, SubscriptionRefused
+from mqtt import MqttPublisher, MqttSubscriber, SubscriptionDowngraded, SubscriptionRefused
 from mqtt.codec import (
     ConnAck,
     PacketReader,
@@ -417,3 +417,25 @@ def test_the_protocol_comes_from_the_url_and_mqtt_5_stays_the_default() -> None:
     sub = MqttSubscriber("mqtts://h?protocol=3.1.1", client_id="c", topic_filters=["t"],
                          on_publish=lambda *_: None)  # fmt: skip
     assert (sub.url.protocol, sub.url.tls) == ("3.1.1", True)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_a_subscription_granted_qos_0_is_refused_not_taken(tmp_path: Path, protocol: str) -> None:
+    """A broker capped at QoS 0 would drop what arrives while we are away: at-least-once
+    delivery would end without a word, so the client says so and does not subscribe."""
+    with LocalMosquitto(tmp_path, persistence=False, extra_config="max_qos 0\n") as capped:
+
+        async def go() -> None:
+            sub = MqttSubscriber(
+                f"{capped.url}?protocol={protocol}",
+                client_id=client_id("sub"),
+                topic_filters=["qos/x"],
+                on_publish=lambda *_: None,
+            )
+            with pytest.raises(SubscriptionDowngraded) as caught:
+                await sub.start()
+            assert (caught.value.topic_filter, caught.value.granted) == ("qos/x", 0)
+            assert "max_qos" in str(caught.value)
+
+        run(go())
