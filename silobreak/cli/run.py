@@ -19,6 +19,7 @@ import click
 import psycopg
 
 from devices.catalog import active
+from mqtt import BadMqttUrl, MqttUrl, ProtocolVersion
 from silobreak.cli.common import (
     actor,
     apply_to_broker,
@@ -142,9 +143,8 @@ def _register(settings: Settings, fleet: Any) -> int:
 @click.option(
     "--mqtt-version",
     type=click.Choice(["5", "3.1.1"]),
-    default="5",
-    show_default=True,
-    help="5: telemetry the broker routed to no subscriber (0x10) is kept and sent again; "
+    help="The devices' MQTT version [default: the broker URL's ?protocol=, else 5]. "
+    "5: telemetry the broker routed to no subscriber (0x10) is kept and sent again; "
     "3.1.1: it is lost.",
 )
 @click.option(
@@ -180,7 +180,7 @@ def simulate(
     connections: int,
     duration: timedelta | None,
     max_messages: int | None,
-    mqtt_version: str,
+    mqtt_version: str | None,
     register: bool,
     secrets_file: Path,
     progress: timedelta,
@@ -189,6 +189,7 @@ def simulate(
     from firmware_sim import FleetRunner  # noqa: PLC0415
 
     settings = settings_of(ctx)
+    version = _devices_version(settings.mqtt_url, mqtt_version)
     fleet = _fleet(scenario, devices, seed)
     _check_since(settings, fleet, since, speed)
     per_device = mode == "per-device"
@@ -205,7 +206,7 @@ def simulate(
         start=None if since is None else datetime.now(UTC) - since,
         duration=duration,
         max_messages=max_messages,
-        mqtt_version="5" if mqtt_version == "5" else "3.1.1",
+        mqtt_version=version,
         leave_out=left_out,
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -247,6 +248,22 @@ def _report_progress(runner: Any, every: float, links: int, finished: threading.
             f"{p.buffered} buffered while offline, {p.dropped} dropped",
             err=True,
         )
+
+
+def _devices_version(url: str, asked: str | None) -> ProtocolVersion:
+    """The simulated devices' MQTT version: `--mqtt-version` if given, else the broker URL's
+    `?protocol=` (5 without one). A URL that says 3.1.1 names a broker that speaks only that."""
+    try:
+        broker = MqttUrl.parse(url)
+    except BadMqttUrl as exc:
+        raise click.BadParameter(str(exc), param_hint="SILOBREAK_MQTT_URL") from None
+    if asked is None:
+        return broker.protocol
+    if asked == "5" and not broker.v5:
+        raise click.UsageError(
+            "--mqtt-version 5 disagrees with the broker URL's ?protocol=3.1.1; leave one out"
+        )
+    return "5" if asked == "5" else "3.1.1"
 
 
 def _check_since(settings: Settings, fleet: Any, since: timedelta | None, speed: float) -> None:
@@ -417,7 +434,8 @@ def demo(
             speed=speed,
             start=datetime.now(UTC) - since,
             duration=duration,
-            mqtt_version="5",  # held and sent again until ingest has subscribed
+            # On MQTT 5 telemetry is held and sent again until ingest has subscribed.
+            mqtt_version=_devices_version(mqtt.url, None),
         )
         sim = threading.Thread(target=runner.run, name="simulator", daemon=True)
         ingestor = Ingestor(ingest_config(settings))

@@ -42,6 +42,25 @@ def test_simulate_refuses_a_start_older_than_ingest_accepts(tmp_path: Path) -> N
     assert "INGEST_MAX_AGE" not in in_window.stderr
 
 
+def test_simulate_takes_the_devices_mqtt_version_from_the_broker_url(tmp_path: Path) -> None:
+    from silobreak.cli.run import _devices_version  # noqa: PLC0415
+
+    assert _devices_version("mqtt://127.0.0.1:1883", None) == "5"
+    assert _devices_version("mqtt://127.0.0.1:1883?protocol=3.1.1", None) == "3.1.1"
+    # Old devices against an MQTT 5 broker are a city's everyday.
+    assert _devices_version("mqtt://127.0.0.1:1883", "3.1.1") == "3.1.1"
+    # A broker that speaks only 3.1.1 cannot take MQTT 5 devices: one clear line.
+    env = {"SILOBREAK_MQTT_URL": "mqtt://127.0.0.1:1883?protocol=3.1.1"}
+    both = cli(tmp_path, "simulate", "--devices", "5", "--mqtt-version", "5", **env)
+    assert both.returncode == 2
+    assert "Traceback" not in both.stderr
+    assert "--mqtt-version 5 disagrees with the broker URL's ?protocol=3.1.1" in both.stderr
+    bad = cli(tmp_path, "simulate", "--devices", "5", SILOBREAK_MQTT_URL="mqtt://h?protocol=4")
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr
+    assert "protocol" in bad.stderr
+
+
 @pytest.mark.integration
 def test_bench_simulator_measures_both_fleets_on_a_small_city(tmp_path: Path) -> None:
     args = "bench simulator --devices 20 --interval 1 --seconds 2 --warmup 0 --runs 1"
