@@ -1,6 +1,7 @@
 """The project's own MQTT client: codec, connections, broker URLs, one root error.
 
-The ground floor: nothing here imports another project package. `ingest` receives with
+The ground floor: nothing here imports another project package but `backoff` (the shared
+retry backoff, which imports none). `ingest` receives with
 `MqttSubscriber`, `streams` delivers with `MqttPublisher`; the simulator keeps paho, as
 devices do, and parses its broker URL with `MqttUrl`.
 """

@@ -25,13 +25,14 @@ import msgspec
 import psycopg
 from fastapi import Depends, Request
 
+from backoff import Backoff, Policy
 from streams import audit, cursor, grants, subscriptions, urls
 from streams.errors import ApiError
 from streams.live import Batch, Feed, FeedClosed, Hub
 from streams.mqtt_delivery import MqttDelivery, MqttDeliveryError
 from streams.scope import Grant
 from streams.subscriptions import Subscription
-from streams.webhooks import FeedGone, Retry, WebhookAbandoned, WebhookSender
+from streams.webhooks import FeedGone, WebhookAbandoned, WebhookSender
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,10 @@ ACTOR: Final = "streams"
 # How often the gateway looks for webhook and MQTT subscriptions to take on, and expires
 # grants: a new subscription starts within this, and an expired grant is marked within it.
 SCAN_S: Final = 1.0
-# A failed MQTT publish is retried after this (the broker reconnecting).
-MQTT_RETRY_S: Final = 1.0
+# A failed MQTT publish is retried within a second (the broker reconnecting): no longer
+# apart, so delivery resumes as soon as the broker is back; jittered, so the gateways'
+# feeds do not all publish again at one instant.
+MQTT_RETRY: Final = Policy(first=1.0, cap=1.0)
 _ENCODER: Final = msgspec.json.Encoder()
 
 
@@ -54,9 +57,9 @@ class StreamsConfig:
     poll_interval: timedelta = timedelta(milliseconds=250)
     aggregate_grace: timedelta = timedelta(seconds=5)
     webhook_allow: tuple[str, ...] = ()
-    webhook_retry: Retry = field(
-        default_factory=lambda: Retry(
-            timedelta(milliseconds=500), timedelta(seconds=60), timedelta(days=1)
+    webhook_retry: Policy = field(
+        default_factory=lambda: Policy(
+            first=0.5, cap=60.0, give_up=timedelta(days=1).total_seconds()
         )
     )
 
@@ -69,8 +72,10 @@ class StreamsConfig:
             poll_interval=s.streams_poll_interval,
             aggregate_grace=s.streams_aggregate_grace,
             webhook_allow=tuple(s.streams_webhook_allow),
-            webhook_retry=Retry(
-                s.streams_webhook_backoff, s.streams_webhook_backoff_max, s.streams_webhook_give_up
+            webhook_retry=Policy(
+                first=s.streams_webhook_backoff.total_seconds(),
+                cap=s.streams_webhook_backoff_max.total_seconds(),
+                give_up=s.streams_webhook_give_up.total_seconds(),
             ),
         )
 
@@ -282,18 +287,17 @@ class Gateway:
             if not batch.readings:
                 continue
             body = encode_batch(sub.id, batch)
-            attempts = 0
+            backoff = Backoff(MQTT_RETRY)
             while True:
                 if feed.closed is not None:
                     raise FeedClosed(feed.closed)
-                attempts += 1
                 try:
                     await mqtt.publish(sub.topic, body)
                     break
                 except MqttDeliveryError as exc:
                     logger.warning("MQTT delivery %s: %s; retrying", sub.id, exc)
-                    await asyncio.sleep(MQTT_RETRY_S)
-            event = delivery_event(grant, sub, batch, resumed_from, redelivery=attempts > 1)
+                    await backoff.sleep()
+            event = delivery_event(grant, sub, batch, resumed_from, redelivery=backoff.attempts > 0)
             # The broker has it: the cursor moves and the batch is on record, in one statement.
             await audit.record_delivery(conn, batch.cursor, event)
             resumed_from = None

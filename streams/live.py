@@ -22,6 +22,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from backoff import Backoff, Policy
 from store.aggregates import ORIGIN
 from store.writer import READINGS_CHANNEL
 from streams import cursor, history
@@ -40,8 +41,11 @@ REPLAY_PAGE: Final = 5000
 # Buckets per live aggregate batch while a watermark catches up: a day of hourly buckets, so
 # a batch holds at most 24 buckets of the grant's devices or pools, whatever `since` was.
 AGGREGATE_WINDOW: Final = 24
-# How long a hub failure (the store down) waits before the next try.
+# How long a hub failure (the store down) waits before the next try: at most a second, so
+# delivery resumes within a second of the store's return; jittered, so the gateways of a
+# deployment do not reconnect at one instant.
 RETRY_S: Final = 1.0
+RETRY: Final = Policy(first=RETRY_S, cap=RETRY_S)
 # Transaction ids named by notifications kept between two checks; more are not needed (one
 # genuine id is enough to tick), and a flood of forged ones cannot grow memory.
 MAX_HINTS: Final = 1000
@@ -365,6 +369,7 @@ class Hub:
         alone keeps delivery going while notifications cannot be heard."""
         conn: psycopg.AsyncConnection[Any] | None = None
         listener = asyncio.create_task(self._listen(stop), name="streams-hub-listen")
+        backoff = Backoff(RETRY)
         last = 0.0
         try:
             while not stop.is_set():
@@ -384,13 +389,14 @@ class Hub:
                     self._hinted.clear()
                     self._hints = set()
                     await self._tick(conn)
+                    backoff.reset()
                     await self._idle(stop, conn)
                 except psycopg.OperationalError as exc:
                     logger.warning("streams hub: store unavailable: %s", str(exc).strip())
                     if conn is not None:
                         await conn.close()
                     conn = None
-                    await _sleep_or(stop, RETRY_S)
+                    await backoff.sleep(stop)
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -403,6 +409,7 @@ class Hub:
 
         Any database login can NOTIFY this channel (PostgreSQL has no privilege on it), so a
         notification is only a transaction id to look at (`_genuine`), never a tick."""
+        backoff = Backoff(RETRY)
         while not stop.is_set():
             try:
                 async with await psycopg.AsyncConnection.connect(
@@ -410,6 +417,7 @@ class Hub:
                 ) as conn:
                     await conn.execute(f"LISTEN {READINGS_CHANNEL}".encode())
                     self.listening = True
+                    backoff.reset()
                     self._poke.set()  # commits while nobody listened: look now
                     async for note in conn.notifies():
                         self.notifications += 1
@@ -418,7 +426,7 @@ class Hub:
                 logger.info("streams hub: not listening for commits: %s", str(exc).strip())
             finally:
                 self.listening = False
-            await _sleep_or(stop, RETRY_S)
+            await backoff.sleep(stop)
 
     def _hint(self, payload: str) -> None:
         if not payload.isdigit() or len(payload) > _XID_DIGITS:
