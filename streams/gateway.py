@@ -30,6 +30,7 @@ from streams import audit, cursor, grants, subscriptions, urls
 from streams.errors import ApiError
 from streams.live import Batch, Feed, FeedClosed, Hub
 from streams.mqtt_delivery import MqttDelivery, MqttDeliveryError
+from streams.pool import Pool, new_pool
 from streams.scope import Grant
 from streams.subscriptions import Subscription
 from streams.webhooks import FeedGone, WebhookAbandoned, WebhookSender
@@ -91,10 +92,15 @@ def encode_batch(sub_id: str, batch: Batch) -> bytes:
 class Gateway:
     """Runs the hub and the deliveries of one process; opened and closed with the API."""
 
-    def __init__(self, config: StreamsConfig) -> None:
+    def __init__(self, config: StreamsConfig, *, pool: Pool | None = None) -> None:
+        """`pool`: the API's (the feeds' pages share it); without one the gateway opens its
+        own with `start()` and closes it with `stop()`."""
         self.config = config
+        self._own_pool = pool is None
+        self.pool = new_pool(config.database_url) if pool is None else pool
         self.hub = Hub(
             config.database_url,
+            pool=self.pool,
             poll_interval=config.poll_interval,
             min_pool=config.min_pool,
             aggregate_grace=config.aggregate_grace,
@@ -109,6 +115,8 @@ class Gateway:
         self._http: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
+        if self._own_pool:
+            await self.pool.open(wait=False)
         self._http = httpx.AsyncClient()
         self._tasks = [
             asyncio.create_task(self.hub.run(self._stop), name="streams-hub"),
@@ -129,6 +137,8 @@ class Gateway:
             await self._mqtt.close()
         if self._http is not None:
             await self._http.aclose()
+        if self._own_pool:
+            await self.pool.close()
 
     def sending(
         self, feed: Feed, sub: Subscription, batch: Batch, *, resumed_from: str | None = None
@@ -144,11 +154,7 @@ class Gateway:
     async def closed(self, g: Grant, sub: Subscription, reason: str) -> None:
         """A feed ended (its grant, or a webhook given up on): the subscription stops, on
         record in the same transaction (once, however many feeds it had)."""
-        url = self.config.database_url
-        async with (
-            await psycopg.AsyncConnection.connect(url, autocommit=True) as conn,
-            conn.transaction(),
-        ):
+        async with self.pool.connection() as conn, conn.transaction():
             if await subscriptions.stop(conn, sub.id, reason):
                 await audit.record(
                     conn,

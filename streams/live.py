@@ -29,6 +29,7 @@ from streams import cursor, history
 from streams.aggregate import AggregateKey, aggregates, key_of
 from streams.cursor import Catchup, Live, Replay, Watermark
 from streams.errors import StreamsError
+from streams.pool import Pool
 from streams.scope import Grant, Scope
 
 logger = logging.getLogger(__name__)
@@ -298,11 +299,13 @@ class Hub:
         self,
         conninfo: str,
         *,
+        pool: Pool,
         poll_interval: timedelta,
         min_pool: int,
         aggregate_grace: timedelta = timedelta(seconds=5),
     ) -> None:
         self.conninfo = conninfo
+        self.pool = pool
         self.poll_interval = poll_interval.total_seconds()
         self.min_pool = min_pool
         self.aggregate_grace = aggregate_grace
@@ -323,11 +326,9 @@ class Hub:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A short-lived connection for a feed's own reads (replay and catch-up)."""
-        conn = await psycopg.AsyncConnection.connect(
-            self.conninfo, autocommit=True, application_name="silobreak-streams-feed"
-        )
-        async with conn:
+        """A pooled connection for one page of a feed's own reads (replay, catch-up,
+        aggregates): a page is one query that needs no session state."""
+        async with self.pool.connection() as conn:
             yield conn
 
     def watch(self, feed: Feed) -> None:

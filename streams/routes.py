@@ -34,7 +34,8 @@ def include_all(app: FastAPI, settings: Any) -> None:
     @asynccontextmanager
     async def lifespan(a: FastAPI) -> AsyncIterator[Any]:
         async with outer(a) as state:
-            gateway = Gateway(config)
+            # The feeds' pages share the API's pool (streams.api.create_app opens it).
+            gateway = Gateway(config, pool=getattr(a.state, "pool", None))
             await gateway.start()
             a.state.streams = gateway
             try:

@@ -17,6 +17,7 @@ from streams import grants
 from streams.client import ClientError, StreamsClient, SubscriptionEnded
 from streams.cursor import Live
 from streams.live import Feed, Hub
+from streams.pool import new_pool
 from streams.scope import narrow
 from tests.streams.conftest import Town, wait_until
 
@@ -317,7 +318,9 @@ def test_a_feed_that_starts_while_the_hub_reads_the_grants_is_not_closed(db_url:
             return states
 
     async def go() -> list[str | None]:
-        hub = Racing(db_url, poll_interval=timedelta(milliseconds=100), min_pool=5)
+        # The ticks under test read through `conn`; the pool (feeds' pages) is never opened.
+        pool = new_pool(db_url)
+        hub = Racing(db_url, pool=pool, poll_interval=timedelta(milliseconds=100), min_pool=5)
         closed = []
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
             grant = await grants.get(conn, row[0])
@@ -348,7 +351,9 @@ def test_a_commit_wakes_the_hub_without_waiting_for_its_poll_even_after_losing_i
         return [r[0] for r in rows]
 
     async def go() -> list[float]:
-        hub = Hub(town.db_url, poll_interval=timedelta(seconds=30), min_pool=5)
+        pool = new_pool(town.db_url)
+        await pool.open(wait=True)
+        hub = Hub(town.db_url, pool=pool, poll_interval=timedelta(seconds=30), min_pool=5)
         stop = asyncio.Event()
         running = asyncio.create_task(hub.run(stop))
         async with await psycopg.AsyncConnection.connect(town.db_url, autocommit=True) as conn:
@@ -385,6 +390,7 @@ def test_a_commit_wakes_the_hub_without_waiting_for_its_poll_even_after_losing_i
             stop.set()
             consumer.cancel()
             await asyncio.gather(running, consumer, return_exceptions=True)
+            await pool.close()
         assert hub.notifications >= 2
         return waited
 
