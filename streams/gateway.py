@@ -50,7 +50,7 @@ _ENCODER: Final = msgspec.json.Encoder()
 
 @dataclass(frozen=True, slots=True)
 class StreamsConfig:
-    """What a gateway is configured with (silobreak.settings.Settings provides it)."""
+    """What a gateway is configured with (silobreak.settings.streams_config makes it)."""
 
     database_url: str
     mqtt_url: str | None = None
@@ -63,22 +63,6 @@ class StreamsConfig:
             first=0.5, cap=60.0, give_up=timedelta(days=1).total_seconds()
         )
     )
-
-    @classmethod
-    def from_settings(cls, s: Any) -> StreamsConfig:
-        return cls(
-            database_url=s.database_url,
-            mqtt_url=s.mqtt_url,
-            min_pool=s.streams_min_pool,
-            poll_interval=s.streams_poll_interval,
-            aggregate_grace=s.streams_aggregate_grace,
-            webhook_allow=tuple(s.streams_webhook_allow),
-            webhook_retry=Policy(
-                first=s.streams_webhook_backoff.total_seconds(),
-                cap=s.streams_webhook_backoff_max.total_seconds(),
-                give_up=s.streams_webhook_give_up.total_seconds(),
-            ),
-        )
 
 
 def encode_batch(sub_id: str, batch: Batch) -> bytes:
