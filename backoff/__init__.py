@@ -32,7 +32,8 @@ class Policy:
     """Delays that start at `first` seconds, double each retry up to `cap`, and are each
     drawn from the upper `jitter` fraction of that (0.5: between half and all of it), so
     that many clients cut off at once do not come back in lockstep. `give_up`: seconds
-    after the first failure past which the caller stops retrying (None: never)."""
+    into a run of retries (see `Backoff.exhausted`) past which the caller stops retrying
+    (None: never)."""
 
     first: float
     cap: float
