@@ -95,8 +95,7 @@ class Link:
         self.capacity = capacity
         self.backlog: deque[tuple[str, bytes]] = deque()
         self.connected = False
-        self.attempts = 0
-        self.retry_at = 0.0
+        self.attempts = 0  # reconnects tried since the last success (runner.RECONNECT)
         self.outstanding = 0
         self.status_mids: set[int] = set()
         self.acked = 0

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final, Literal
 
+from backoff import Policy
 from firmware_sim.clock import SimClock
 from firmware_sim.errors import BrokerError, SimError
 from firmware_sim.fleet import Fleet
@@ -28,8 +29,9 @@ Mode = Literal["per_device", "load"]
 # cut off at once does not come back at once. A device whose telemetry no subscriber took
 # (PUBACK 0x10, MQTT 5) holds its readings and tries one again after the same backoff: a city
 # whose ingestors are gone sends one message per device every 15-30 s, not its buffer in a loop.
-BACKOFF_MIN_S: Final = 0.5
-BACKOFF_MAX_S: Final = 30.0
+RECONNECT: Final = Policy(first=0.5, cap=30.0)
+# A link's attempts are counted up to this: the delay has long reached the cap by then.
+_MAX_ATTEMPTS: Final = 16
 # How often at most the runner says that devices hold their readings.
 _HOLD_LOG_EVERY_S: Final = 60.0
 # Connections opened per loop turn: keeps CONNACKs and publishes flowing during a storm.
@@ -400,9 +402,8 @@ class FleetRunner:
                 " subscribed?): devices keep it buffered and try again with a backoff"
             )
             self._next_hold_log = now + _HOLD_LOG_EVERY_S
-        delay = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2.0**link.hold_attempts)
-        link.hold_attempts = min(link.hold_attempts + 1, 16)
-        when = now + delay * self._random.uniform(0.5, 1.0)
+        link.hold_attempts = min(link.hold_attempts + 1, _MAX_ATTEMPTS)
+        when = now + RECONNECT.delay(link.hold_attempts, self._random)
         heapq.heappush(self._holds, (when, self._index_of[id(link)]))
 
     def _resume_due(self, now: float) -> None:
@@ -412,9 +413,8 @@ class FleetRunner:
 
     def _schedule_retry(self, i: int, now: float) -> None:
         link = self._links[i]
-        delay = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2.0**link.attempts)
-        link.attempts = min(link.attempts + 1, 16)
-        heapq.heappush(self._retries, (now + delay * self._random.uniform(0.5, 1.0), i))
+        link.attempts = min(link.attempts + 1, _MAX_ATTEMPTS)
+        heapq.heappush(self._retries, (now + RECONNECT.delay(link.attempts, self._random), i))
 
     def _online_status(self) -> bytes:
         if self._clock is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from typing import Any, Final
 
 import psycopg
 
+from backoff import Backoff
 from devices.registry import RegistrySnapshot
 from devices.topics import shared_filter
 from ingest.decode import STORE_REFUSED, Accepted, Row, Window, decode, device_id_of
@@ -21,7 +21,7 @@ from ingest.metrics import IngestMetrics
 from ingest.status import STATUS_FILTER, STATUS_SUFFIX, PresenceWriter, Status, take_status
 from mqtt import MqttError, MqttSubscriber
 from store.deadline import DEFAULT_TIMEOUT, Deadline, connect_kwargs
-from store.errors import StoreError, StoreRefused, StoreUnavailable, first_line
+from store.errors import STORE_RETRY, StoreError, StoreRefused, StoreUnavailable, first_line
 from store.registry import load_snapshot, registry_version
 from store.writer import ReadingsWriter, RejectRow, WriteResult
 
@@ -32,9 +32,6 @@ logger = logging.getLogger(__name__)
 _MAX_SEALED: Final = 2
 # The reading-time window moves this often rather than once per message.
 _WINDOW_REFRESH_S: Final = 0.05
-# Shared retry backoff for an unavailable store: fast first retry, capped, jittered.
-_BACKOFF_FIRST_S: Final = 0.1
-_BACKOFF_MAX_S: Final = 5.0
 # While the store stays unavailable, the log says so again this often (and why, this time).
 _STILL_FAILING_EVERY_S: Final = 30.0
 # On SIGTERM, how long to keep trying to commit what is in hand before leaving it to the
@@ -280,7 +277,7 @@ class Ingestor:
                 self._subscriber.resume_reading()
 
     async def _commit(self, batch: _Batch) -> None:
-        delay = _BACKOFF_FIRST_S
+        backoff = Backoff(STORE_RETRY)
         failing_since: float | None = None
         last_said = 0.0
         while True:
@@ -314,8 +311,7 @@ class Ingestor:
                         last_said - failing_since,
                         exc,
                     )
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
-                delay = min(delay * 2, _BACKOFF_MAX_S)
+                await backoff.sleep()
                 continue
             self.metrics.store_up.set(1)
             self._store_ok = True
@@ -402,7 +398,7 @@ class Ingestor:
                     conn = await self._registry_connection(retry=True)
 
     async def _registry_connection(self, *, retry: bool = False) -> psycopg.AsyncConnection[Any]:
-        delay = _BACKOFF_FIRST_S
+        backoff = Backoff(STORE_RETRY)
         while True:
             try:
                 return await psycopg.AsyncConnection.connect(
@@ -414,8 +410,7 @@ class Ingestor:
             except psycopg.OperationalError as exc:
                 if not retry:
                     raise IngestError(f"database: {first_line(exc)}") from exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX_S)
+                await backoff.sleep()
 
     async def _check_store(self) -> None:
         try:

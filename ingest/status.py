@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -12,6 +10,7 @@ from typing import Any, Final
 import msgspec
 import psycopg
 
+from backoff import Backoff
 from devices.registry import RegistrySnapshot
 from devices.topics import parse_device_topic
 from ingest.decode import EPOCH, MALFORMED_PAYLOAD, SCHEMA_VIOLATION, UNKNOWN_DEVICE
@@ -23,6 +22,7 @@ from store.deadline import (
     end_session,
     session_of,
 )
+from store.errors import STORE_RETRY
 from store.writer import RejectRow
 
 logger = logging.getLogger(__name__)
@@ -34,9 +34,6 @@ STATES: Final = ("online", "offline")
 # per 30 s instead of one per batch keeps it off ingest's cost (a 10k-device city: ~330 updates
 # a second, not ~10k). Status messages are always written.
 LAST_SEEN_STEP: Final = timedelta(seconds=30)
-# Retry of an unavailable database, as for the readings writer: fast first, capped, jittered.
-_BACKOFF_FIRST_S: Final = 0.1
-_BACKOFF_MAX_S: Final = 5.0
 # A status payload is a few dozen bytes; anything past this is not one.
 _MAX_STATUS_BYTES: Final = 1024
 
@@ -165,7 +162,7 @@ class PresenceWriter:
         seen = self._due(latest_times(rows_by_type), now)
         if not statuses and not seen:
             return
-        delay = _BACKOFF_FIRST_S
+        backoff = Backoff(STORE_RETRY)
         while True:
             deadline = Deadline(self._timeout)
             try:
@@ -178,8 +175,7 @@ class PresenceWriter:
                 await self._drop()
                 why = deadline.describe() if deadline.expired else exc
                 logger.warning("%s: presence update failed, retrying: %s", self._name, why)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
-                delay = min(delay * 2, _BACKOFF_MAX_S)
+                await backoff.sleep()
                 continue
             self._written.update(seen)
             return

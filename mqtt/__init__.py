@@ -1,7 +1,8 @@
 """The project's own MQTT client (MQTT 5, or 3.1.1 by `?protocol=3.1.1`): codec, connections,
 broker URLs, one root error.
 
-The ground floor: nothing here imports another project package. `ingest` receives with
+The ground floor: nothing here imports another project package but `backoff` (the shared
+retry backoff, which imports none). `ingest` receives with
 `MqttSubscriber`, `streams` delivers with `MqttPublisher`; the simulator keeps paho, as
 devices do, and parses its broker URL with `MqttUrl`.
 """

@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import ssl as _ssl
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from typing import TypeVar, cast
 
+from backoff import Backoff
 from mqtt.codec import (
-    BACKOFF_FIRST_S,
-    BACKOFF_MAX_S,
     CONNECT_TIMEOUT_S,
     MAX_PACKET_ID,
     PINGREQ,
     PUBLISH_CHUNK,
     RECEIVE_MAXIMUM,
+    RECONNECT,
     SESSION_EXPIRY_S,
     ConnAck,
     Disconnect,
@@ -447,14 +446,13 @@ class MqttSubscriber(_Client):
             raise self._failure
 
     async def _reconnect(self) -> _Connection:
-        delay = BACKOFF_FIRST_S
+        backoff = Backoff(RECONNECT)
         while True:
-            await asyncio.sleep(random.uniform(delay / 2, delay))  # noqa: S311 - jitter, not secrecy
+            await backoff.sleep()
             try:
                 conn = await self._open(clean_start=False)
             except MqttError as exc:
                 logger.warning("MQTT %s: reconnect failed: %s", self.client_id, exc)
-                delay = min(delay * 2, BACKOFF_MAX_S)
             else:
                 self.reconnects += 1
                 logger.info("MQTT %s: reconnected to %s", self.client_id, self.broker)

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple, cast
 
+from backoff import Policy
 from mqtt.errors import MqttProtocolError
 
 logger = logging.getLogger(__name__)
@@ -26,8 +27,7 @@ CONNECT_TIMEOUT_S: Final = 10.0
 # Reconnect backoff: the first retry comes soon after a network blip; the cap means a broker
 # that is back is found within 5 s; each delay is drawn from its upper half so that ingestors
 # do not reconnect in lockstep.
-BACKOFF_FIRST_S: Final = 0.2
-BACKOFF_MAX_S: Final = 5.0
+RECONNECT: Final = Policy(first=0.2, cap=5.0)
 # How long the broker keeps a gone subscriber's session and queue: readings older than the
 # ingestor's default accepted window (7 days) would be rejected anyway.
 SESSION_EXPIRY_S: Final = 7 * 24 * 3600

@@ -18,7 +18,7 @@ from typing import Any, Final
 import psycopg
 
 from silobreak.recorder import PlatformRecorder
-from silobreak.settings import Settings
+from silobreak.settings import Settings, streams_config
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class ApiServer:
 
         app = create_app(settings)
         if not any(getattr(r, "path", "").startswith("/v1/grants") for r in app.routes):
-            include_all(app, settings)
+            include_all(app, streams_config(settings))
         config = uvicorn.Config(
             app, host=settings.api_host, port=settings.api_port, log_level="warning",
             lifespan="on",

@@ -1,4 +1,8 @@
-"""Process settings: environment variables first, then silobreak.toml, then defaults."""
+"""Process settings: environment variables first, then silobreak.toml, then defaults.
+
+The shell maps them once onto each package's own typed config (`ingest_config`,
+`streams_config`, `mirror_config`); no package reads the settings model itself.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import re
 import socket
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError
 from pydantic_settings import (
@@ -18,6 +22,11 @@ from pydantic_settings import (
 )
 
 from silobreak.errors import SilobreakError
+
+if TYPE_CHECKING:
+    from ingest.service import IngestConfig
+    from store.mirror import MirrorConfig
+    from streams.gateway import StreamsConfig
 
 _DURATION_RE: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
 _UNITS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -172,3 +181,67 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError(f"bad setting: {problems}") from None
     except ValueError as exc:  # a malformed silobreak.toml
         raise SettingsError(f"cannot read settings: {exc}") from None
+
+
+# The packages' configs are imported where they are made: a command that needs no ingestor
+# or gateway (most of them, and `--help`) does not import one.
+
+
+def ingest_config(s: Settings) -> IngestConfig:
+    """The ingestor's config."""
+    from ingest.service import IngestConfig  # noqa: PLC0415
+
+    return IngestConfig(
+        mqtt_url=s.mqtt_url,
+        database_url=s.database_url,
+        client_id=s.ingest_client_id,
+        share_group=s.ingest_share_group,
+        batch_size=s.ingest_batch_size,
+        batch_interval=s.ingest_batch_interval,
+        receive_maximum=s.ingest_receive_maximum,
+        session_expiry=s.ingest_session_expiry,
+        max_payload=s.ingest_max_payload,
+        max_age=s.ingest_max_age,
+        max_future=s.ingest_max_future,
+        registry_refresh=s.registry_refresh,
+        store_timeout=s.store_timeout,
+    )
+
+
+def streams_config(s: Settings) -> StreamsConfig:
+    """A streams gateway's config (the API's pool needs only `database_url` of it)."""
+    from backoff import Policy  # noqa: PLC0415
+    from streams.gateway import StreamsConfig  # noqa: PLC0415
+
+    return StreamsConfig(
+        database_url=s.database_url,
+        mqtt_url=s.mqtt_url,
+        min_pool=s.streams_min_pool,
+        poll_interval=s.streams_poll_interval,
+        aggregate_grace=s.streams_aggregate_grace,
+        webhook_allow=tuple(s.streams_webhook_allow),
+        webhook_retry=Policy(
+            first=s.streams_webhook_backoff.total_seconds(),
+            cap=s.streams_webhook_backoff_max.total_seconds(),
+            give_up=s.streams_webhook_give_up.total_seconds(),
+        ),
+    )
+
+
+def mirror_config(s: Settings, *, from_beginning: bool = True) -> MirrorConfig:
+    """The InfluxDB mirror's config; a StoreError when no mirror is configured."""
+    from store.errors import StoreError  # noqa: PLC0415
+    from store.mirror import MirrorConfig  # noqa: PLC0415
+
+    if s.influx_url is None:
+        raise StoreError("no mirror configured: set SILOBREAK_INFLUX_URL (and _TOKEN, _ORG)")
+    return MirrorConfig(
+        url=s.influx_url,
+        token=s.influx_token,
+        org=s.influx_org,
+        bucket=s.influx_bucket,
+        batch_size=s.influx_batch_size,
+        interval=s.influx_interval,
+        timeout=s.influx_timeout,
+        from_beginning=from_beginning,
+    )

@@ -6,13 +6,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
 
 import psycopg
 
-from silobreak.settings import Settings
+from silobreak.settings import Settings, mirror_config
 from store.errors import StoreError
-from store.mirror import InfluxMirror, MirrorConfig
+from store.mirror import InfluxMirror
 
 logger = logging.getLogger(__name__)
 
@@ -57,19 +56,4 @@ def maintain_once(settings: Settings, *, retention: bool = True) -> str:
         work = f"{len(report.jobs)} job(s) run"
     return (
         f"maintained ({report.backend}) in {took:.2f} s: {work}; retention: {removed or 'nothing'}"
-    )
-
-
-def mirror_config(settings: Settings, **overrides: Any) -> MirrorConfig:
-    if settings.influx_url is None:
-        raise StoreError("no mirror configured: set SILOBREAK_INFLUX_URL (and _TOKEN, _ORG)")
-    return MirrorConfig(
-        url=settings.influx_url,
-        token=settings.influx_token,
-        org=settings.influx_org,
-        bucket=settings.influx_bucket,
-        batch_size=settings.influx_batch_size,
-        interval=settings.influx_interval,
-        timeout=settings.influx_timeout,
-        **overrides,
     )

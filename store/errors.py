@@ -1,4 +1,13 @@
-"""The root error of the store package and its kinds."""
+"""The root error of the store package, its kinds, and how an unavailable store is retried."""
+
+from typing import Final
+
+from backoff import Policy
+
+# Retry of an unavailable store (ingest's writers, the mirror): a blip is retried within
+# 0.1 s, and the 5 s cap finds a store that is back within 5 s of its return; jittered so
+# that ingestors do not retry in lockstep.
+STORE_RETRY: Final = Policy(first=0.1, cap=5.0)
 
 
 class StoreError(Exception):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,7 +23,8 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from store.errors import StoreError, StoreUnavailable
+from backoff import Backoff
+from store.errors import STORE_RETRY, StoreError, StoreUnavailable
 from store.schema import READINGS_TABLES, ReadingsTable
 
 logger = logging.getLogger(__name__)
@@ -32,9 +32,6 @@ logger = logging.getLogger(__name__)
 # A snapshot before every transaction: a new mirror starts from the first reading.
 BEGINNING: Final = "3:3:"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-# Shared retry backoff while InfluxDB or PostgreSQL is away: fast first retry, capped, jittered.
-_BACKOFF_FIRST_S: Final = 0.1
-_BACKOFF_MAX_S: Final = 5.0
 # Advisory-lock class of mirrors: one process per mirror name moves its cursor.
 _LOCK_CLASS: Final = 0x51_11
 # Line protocol: in tag values, these are escaped with a backslash; newlines cannot appear.
@@ -83,7 +80,8 @@ class InfluxMirror:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Mirror until `stop` is set; a pass that found nothing waits `interval`."""
-        delay = _BACKOFF_FIRST_S
+        # InfluxDB or PostgreSQL away: retried as ingest retries the store.
+        backoff = Backoff(STORE_RETRY)
         try:
             while not stop.is_set():
                 try:
@@ -91,10 +89,9 @@ class InfluxMirror:
                 except (StoreUnavailable, psycopg.OperationalError) as exc:
                     logger.warning("mirror %s: %s; retrying", self.config.name, exc)
                     await self._close()
-                    await _wait(stop, delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
-                    delay = min(delay * 2, _BACKOFF_MAX_S)
+                    await backoff.sleep(stop)
                     continue
-                delay = _BACKOFF_FIRST_S
+                backoff.reset()
                 if not sent:
                     await _wait(stop, self.config.interval.total_seconds())
         finally:
@@ -130,7 +127,7 @@ class InfluxMirror:
         return sent
 
     async def _send(self, by_bucket: dict[str, bytes], stop: asyncio.Event | None) -> None:
-        delay = _BACKOFF_FIRST_S
+        backoff = Backoff(STORE_RETRY)
         for bucket, lines in by_bucket.items():
             while True:
                 try:
@@ -141,12 +138,7 @@ class InfluxMirror:
                     if stop is not None and stop.is_set():
                         raise
                     logger.warning("mirror %s: %s; retrying", self.config.name, exc)
-                    pause = delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
-                    if stop is None:
-                        await asyncio.sleep(pause)
-                    else:
-                        await _wait(stop, pause)
-                    delay = min(delay * 2, _BACKOFF_MAX_S)
+                    await backoff.sleep(stop)
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is not None and not self._conn.closed:

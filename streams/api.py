@@ -7,28 +7,24 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
 from devices.errors import CatalogError
 from store.device_catalog import adopt_recorded_catalog, catalog_version
 from store.errors import first_line
 from streams import devices_api
 from streams.errors import ApiError
+from streams.pool import Pool, new_pool
 
 logger = logging.getLogger(__name__)
 
-# Connections to the store: a request holds one for a query or two; ten serve hundreds of
-# requests a second, and stay well under PostgreSQL's default max_connections of 100.
-POOL_MAX: Final = 10
-# How long a request waits for a pooled connection before it is answered 503.
-POOL_TIMEOUT_S: Final = 5.0
 UNAVAILABLE: Final = 503
 # A device type `silobreak migrate` adds reaches a running API within this long; the check
 # is one single-row query.
@@ -47,14 +43,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
-            settings.database_url,
-            min_size=1,
-            max_size=POOL_MAX,
-            timeout=POOL_TIMEOUT_S,
-            kwargs={"autocommit": True, "application_name": "silobreak-streams"},
-            open=False,
-        )
+        pool = new_pool(settings.database_url)
         # Not waiting: the API starts while the store is down and answers 503 until it is up.
         await pool.open(wait=False)
         app.state.pool = pool
@@ -82,7 +71,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     return app
 
 
-async def _follow_catalog(pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]) -> None:
+async def _follow_catalog(pool: Pool) -> None:
     """Adopt the catalog `silobreak migrate` records while the API runs (a type added)."""
     seen: int | None = None
     while True:

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import psycopg
 
+from backoff import Backoff, Policy
 from streams.errors import StreamsError
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ _ADVANCE: Final = (
     " SELECT %(actor)s, %(action)s, %(owner)s, %(consumer)s, %(grant_id)s, moved.id,"
     " %(readings)s, %(detail)s::jsonb FROM moved"
 )
-# A writer that finds the store unavailable tries again after this.
+# A writer that finds the store unavailable tries again within this (jittered down to half,
+# so the gateways of a deployment do not all come back at one instant).
 RETRY_S: Final = 1.0
 
 
@@ -119,12 +121,12 @@ class Recorder:
     One INSERT carries every event that arrived while the previous one was being written, so
     the batches of many feeds in one tick cost a statement or two, not one each. A caller that
     gives up (cancels its future) before its turn is left out. While the store is unavailable
-    events wait, in order, and the writer tries again every RETRY_S: the callers wait too.
+    events wait, in order, and the writer tries again within RETRY_S: the callers wait too.
     """
 
     def __init__(self, conninfo: str, *, retry_s: float = RETRY_S) -> None:
         self._conninfo = conninfo
-        self._retry_s = retry_s
+        self._retry = Policy(first=retry_s, cap=retry_s)
         self._queue: list[tuple[Event, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._closing = False
@@ -145,6 +147,7 @@ class Recorder:
 
     async def run(self) -> None:
         conn: psycopg.AsyncConnection[Any] | None = None
+        backoff = Backoff(self._retry)
         try:
             while self._queue or not self._closing:
                 if not self._queue:
@@ -162,6 +165,7 @@ class Recorder:
                             application_name="silobreak-streams-audit",
                         )  # fmt: skip
                     await record_many(conn, [e for e, _ in taken])
+                    backoff.reset()
                 except psycopg.OperationalError as exc:
                     logger.warning("streams audit: store unavailable; %d batch(es) wait: %s",
                                    len(taken), str(exc).strip())  # fmt: skip
@@ -171,7 +175,7 @@ class Recorder:
                     self._queue[:0] = taken
                     if self._closing:
                         break
-                    await self._pause()
+                    await self._pause(backoff.next())
                     continue
                 except Exception as exc:  # noqa: BLE001 - handed to the callers, who end
                     _settle(taken, exc)
@@ -183,10 +187,10 @@ class Recorder:
             _settle(self._queue, RecorderClosed("the audit recorder has stopped"))
             self._queue.clear()
 
-    async def _pause(self) -> None:
-        """RETRY_S, or less if the recorder is closed meanwhile (new events do not cut it)."""
+    async def _pause(self, seconds: float) -> None:
+        """`seconds`, or less if the recorder is closed meanwhile (new events do not cut it)."""
         loop = asyncio.get_running_loop()
-        until = loop.time() + self._retry_s
+        until = loop.time() + seconds
         while not self._closing and (left := until - loop.time()) > 0:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):

@@ -10,7 +10,6 @@ and acknowledges its position as it goes, so a restarted consumer resumes there 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -23,13 +22,14 @@ from typing import Any, Final
 
 import httpx
 
+from backoff import Backoff, Policy
 from streams.errors import StreamsError
 
 logger = logging.getLogger(__name__)
 
-# Reconnect backoff after a dropped stream: soon after a blip, at most every 10 s after.
-RECONNECT_FIRST_S: Final = 0.5
-RECONNECT_MAX_S: Final = 10.0
+# Reconnect backoff after a dropped stream: soon after a blip, at most every 10 s after;
+# jittered, so the clients of a restarted server do not all come back at one instant.
+RECONNECT: Final = Policy(first=0.5, cap=10.0)
 # Longer than the server's 15 s heartbeat: silence past it means a dead connection.
 READ_TIMEOUT_S: Final = 45.0
 
@@ -202,19 +202,18 @@ class StreamsClient:
     ) -> AsyncIterator[Event]:
         """SSE events; reconnects after a drop, resuming after the last event received."""
         last = cursor
-        delay = RECONNECT_FIRST_S
+        backoff = Backoff(RECONNECT)
         while True:
             try:
                 async for event in self._stream(subscription_id, last):
-                    delay = RECONNECT_FIRST_S
+                    backoff.reset()
                     yield event
                     last = event.cursor
                     if ack:
                         await self.ack(subscription_id, last)
             except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
                 logger.info("subscription %s: %s; reconnecting", subscription_id, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX_S)
+                await backoff.sleep()
 
     async def _stream(self, subscription_id: str, last: str | None) -> AsyncIterator[Event]:
         headers = {"Last-Event-ID": last} if last else {}

@@ -25,13 +25,15 @@ import msgspec
 import psycopg
 from fastapi import Depends, Request
 
+from backoff import Backoff, Policy
 from streams import audit, cursor, grants, subscriptions, urls
 from streams.errors import ApiError
 from streams.live import Batch, Feed, FeedClosed, Hub
 from streams.mqtt_delivery import MqttDelivery, MqttDeliveryError
+from streams.pool import Pool, new_pool
 from streams.scope import Grant
 from streams.subscriptions import Subscription
-from streams.webhooks import FeedGone, Retry, WebhookAbandoned, WebhookSender
+from streams.webhooks import FeedGone, WebhookAbandoned, WebhookSender
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +41,16 @@ ACTOR: Final = "streams"
 # How often the gateway looks for webhook and MQTT subscriptions to take on, and expires
 # grants: a new subscription starts within this, and an expired grant is marked within it.
 SCAN_S: Final = 1.0
-# A failed MQTT publish is retried after this (the broker reconnecting).
-MQTT_RETRY_S: Final = 1.0
+# A failed MQTT publish is retried within a second (the broker reconnecting): no longer
+# apart, so delivery resumes as soon as the broker is back; jittered, so the gateways'
+# feeds do not all publish again at one instant.
+MQTT_RETRY: Final = Policy(first=1.0, cap=1.0)
 _ENCODER: Final = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True, slots=True)
 class StreamsConfig:
-    """What a gateway is configured with (silobreak.settings.Settings provides it)."""
+    """What a gateway is configured with (silobreak.settings.streams_config makes it)."""
 
     database_url: str
     mqtt_url: str | None = None
@@ -54,25 +58,11 @@ class StreamsConfig:
     poll_interval: timedelta = timedelta(milliseconds=250)
     aggregate_grace: timedelta = timedelta(seconds=5)
     webhook_allow: tuple[str, ...] = ()
-    webhook_retry: Retry = field(
-        default_factory=lambda: Retry(
-            timedelta(milliseconds=500), timedelta(seconds=60), timedelta(days=1)
+    webhook_retry: Policy = field(
+        default_factory=lambda: Policy(
+            first=0.5, cap=60.0, give_up=timedelta(days=1).total_seconds()
         )
     )
-
-    @classmethod
-    def from_settings(cls, s: Any) -> StreamsConfig:
-        return cls(
-            database_url=s.database_url,
-            mqtt_url=s.mqtt_url,
-            min_pool=s.streams_min_pool,
-            poll_interval=s.streams_poll_interval,
-            aggregate_grace=s.streams_aggregate_grace,
-            webhook_allow=tuple(s.streams_webhook_allow),
-            webhook_retry=Retry(
-                s.streams_webhook_backoff, s.streams_webhook_backoff_max, s.streams_webhook_give_up
-            ),
-        )
 
 
 def encode_batch(sub_id: str, batch: Batch) -> bytes:
@@ -86,10 +76,15 @@ def encode_batch(sub_id: str, batch: Batch) -> bytes:
 class Gateway:
     """Runs the hub and the deliveries of one process; opened and closed with the API."""
 
-    def __init__(self, config: StreamsConfig) -> None:
+    def __init__(self, config: StreamsConfig, *, pool: Pool | None = None) -> None:
+        """`pool`: the API's (the feeds' pages share it); without one the gateway opens its
+        own with `start()` and closes it with `stop()`."""
         self.config = config
+        self._own_pool = pool is None
+        self.pool = new_pool(config.database_url) if pool is None else pool
         self.hub = Hub(
             config.database_url,
+            pool=self.pool,
             poll_interval=config.poll_interval,
             min_pool=config.min_pool,
             aggregate_grace=config.aggregate_grace,
@@ -104,6 +99,8 @@ class Gateway:
         self._http: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
+        if self._own_pool:
+            await self.pool.open(wait=False)
         self._http = httpx.AsyncClient()
         self._tasks = [
             asyncio.create_task(self.hub.run(self._stop), name="streams-hub"),
@@ -124,6 +121,8 @@ class Gateway:
             await self._mqtt.close()
         if self._http is not None:
             await self._http.aclose()
+        if self._own_pool:
+            await self.pool.close()
 
     def sending(
         self, feed: Feed, sub: Subscription, batch: Batch, *, resumed_from: str | None = None
@@ -139,11 +138,7 @@ class Gateway:
     async def closed(self, g: Grant, sub: Subscription, reason: str) -> None:
         """A feed ended (its grant, or a webhook given up on): the subscription stops, on
         record in the same transaction (once, however many feeds it had)."""
-        url = self.config.database_url
-        async with (
-            await psycopg.AsyncConnection.connect(url, autocommit=True) as conn,
-            conn.transaction(),
-        ):
+        async with self.pool.connection() as conn, conn.transaction():
             if await subscriptions.stop(conn, sub.id, reason):
                 await audit.record(
                     conn,
@@ -282,18 +277,17 @@ class Gateway:
             if not batch.readings:
                 continue
             body = encode_batch(sub.id, batch)
-            attempts = 0
+            backoff = Backoff(MQTT_RETRY)
             while True:
                 if feed.closed is not None:
                     raise FeedClosed(feed.closed)
-                attempts += 1
                 try:
                     await mqtt.publish(sub.topic, body)
                     break
                 except MqttDeliveryError as exc:
                     logger.warning("MQTT delivery %s: %s; retrying", sub.id, exc)
-                    await asyncio.sleep(MQTT_RETRY_S)
-            event = delivery_event(grant, sub, batch, resumed_from, redelivery=attempts > 1)
+                    await backoff.sleep()
+            event = delivery_event(grant, sub, batch, resumed_from, redelivery=backoff.attempts > 0)
             # The broker has it: the cursor moves and the batch is on record, in one statement.
             await audit.record_delivery(conn, batch.cursor, event)
             resumed_from = None

@@ -22,12 +22,14 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from backoff import Backoff, Policy
 from store.aggregates import ORIGIN
 from store.writer import READINGS_CHANNEL
 from streams import cursor, history
 from streams.aggregate import AggregateKey, aggregates, key_of
 from streams.cursor import Catchup, Live, Replay, Watermark
 from streams.errors import StreamsError
+from streams.pool import Pool
 from streams.scope import Grant, Scope
 
 logger = logging.getLogger(__name__)
@@ -40,8 +42,11 @@ REPLAY_PAGE: Final = 5000
 # Buckets per live aggregate batch while a watermark catches up: a day of hourly buckets, so
 # a batch holds at most 24 buckets of the grant's devices or pools, whatever `since` was.
 AGGREGATE_WINDOW: Final = 24
-# How long a hub failure (the store down) waits before the next try.
+# How long a hub failure (the store down) waits before the next try: at most a second, so
+# delivery resumes within a second of the store's return; jittered, so the gateways of a
+# deployment do not reconnect at one instant.
 RETRY_S: Final = 1.0
+RETRY: Final = Policy(first=RETRY_S, cap=RETRY_S)
 # Transaction ids named by notifications kept between two checks; more are not needed (one
 # genuine id is enough to tick), and a flood of forged ones cannot grow memory.
 MAX_HINTS: Final = 1000
@@ -294,11 +299,13 @@ class Hub:
         self,
         conninfo: str,
         *,
+        pool: Pool,
         poll_interval: timedelta,
         min_pool: int,
         aggregate_grace: timedelta = timedelta(seconds=5),
     ) -> None:
         self.conninfo = conninfo
+        self.pool = pool
         self.poll_interval = poll_interval.total_seconds()
         self.min_pool = min_pool
         self.aggregate_grace = aggregate_grace
@@ -319,11 +326,9 @@ class Hub:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A short-lived connection for a feed's own reads (replay and catch-up)."""
-        conn = await psycopg.AsyncConnection.connect(
-            self.conninfo, autocommit=True, application_name="silobreak-streams-feed"
-        )
-        async with conn:
+        """A pooled connection for one page of a feed's own reads (replay, catch-up,
+        aggregates): a page is one query that needs no session state."""
+        async with self.pool.connection() as conn:
             yield conn
 
     def watch(self, feed: Feed) -> None:
@@ -365,6 +370,7 @@ class Hub:
         alone keeps delivery going while notifications cannot be heard."""
         conn: psycopg.AsyncConnection[Any] | None = None
         listener = asyncio.create_task(self._listen(stop), name="streams-hub-listen")
+        backoff = Backoff(RETRY)
         last = 0.0
         try:
             while not stop.is_set():
@@ -384,13 +390,14 @@ class Hub:
                     self._hinted.clear()
                     self._hints = set()
                     await self._tick(conn)
+                    backoff.reset()
                     await self._idle(stop, conn)
                 except psycopg.OperationalError as exc:
                     logger.warning("streams hub: store unavailable: %s", str(exc).strip())
                     if conn is not None:
                         await conn.close()
                     conn = None
-                    await _sleep_or(stop, RETRY_S)
+                    await backoff.sleep(stop)
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -403,6 +410,7 @@ class Hub:
 
         Any database login can NOTIFY this channel (PostgreSQL has no privilege on it), so a
         notification is only a transaction id to look at (`_genuine`), never a tick."""
+        backoff = Backoff(RETRY)
         while not stop.is_set():
             try:
                 async with await psycopg.AsyncConnection.connect(
@@ -410,6 +418,7 @@ class Hub:
                 ) as conn:
                     await conn.execute(f"LISTEN {READINGS_CHANNEL}".encode())
                     self.listening = True
+                    backoff.reset()
                     self._poke.set()  # commits while nobody listened: look now
                     async for note in conn.notifies():
                         self.notifications += 1
@@ -418,7 +427,7 @@ class Hub:
                 logger.info("streams hub: not listening for commits: %s", str(exc).strip())
             finally:
                 self.listening = False
-            await _sleep_or(stop, RETRY_S)
+            await backoff.sleep(stop)
 
     def _hint(self, payload: str) -> None:
         if not payload.isdigit() or len(payload) > _XID_DIGITS:

@@ -18,23 +18,18 @@ from streams import (
 from streams.gateway import Gateway, StreamsConfig
 
 
-def include_all(app: FastAPI, settings: Any) -> None:
-    """Add the routers to `app`, and run a streams gateway for as long as the app runs.
-
-    `settings` is silobreak.settings.Settings (or anything with its streams_* fields).
-    """
+def include_all(app: FastAPI, config: StreamsConfig) -> None:
+    """Add the routers to `app`, and run a streams gateway for as long as the app runs."""
     for module in (routes_catalog, routes_grants, routes_subscriptions, routes_history,
                    routes_audit):  # fmt: skip
         app.include_router(module.router)
-    config = (
-        settings if isinstance(settings, StreamsConfig) else StreamsConfig.from_settings(settings)
-    )
     outer = app.router.lifespan_context
 
     @asynccontextmanager
     async def lifespan(a: FastAPI) -> AsyncIterator[Any]:
         async with outer(a) as state:
-            gateway = Gateway(config)
+            # The feeds' pages share the API's pool (streams.api.create_app opens it).
+            gateway = Gateway(config, pool=getattr(a.state, "pool", None))
             await gateway.start()
             a.state.streams = gateway
             try:

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
 from typing import Any, Final
 
 import httpx
 import msgspec
 import psycopg
 
+from backoff import Backoff, Policy
 from streams import audit, client, urls
 from streams.errors import StreamsError
 
@@ -34,20 +33,6 @@ class WebhookAbandoned(StreamsError):
 
 class FeedGone(StreamsError):
     """The feed closed (grant revoked or expired) while a batch waited for a retry."""
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """Exponential backoff with jitter, and when to give up on one batch."""
-
-    first: timedelta
-    cap: timedelta
-    give_up: timedelta
-
-    def delay(self, attempt: int) -> float:
-        """Seconds before retry number `attempt` (1-based), drawn from the upper half."""
-        top = min(self.first.total_seconds() * 2 ** (attempt - 1), self.cap.total_seconds())
-        return random.uniform(top / 2, top)  # noqa: S311 - jitter, not secrecy
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +92,7 @@ class WebhookSender:
         subscription_id: str,
         url: str,
         secret: str,
-        retry: Retry,
+        retry: Policy,
     ) -> None:
         self._conn = conn
         self._client = client
@@ -160,7 +145,7 @@ class WebhookSender:
         `resent`: the batch is sent again from its pending row after a restart (the receiver
         may have had it under this key already); it is on record as a redelivery.
         """
-        started = time.monotonic()
+        backoff = Backoff(self._retry)  # its give-up clock starts with the first try
         attempt = 0
         while True:
             if closed() is not None:
@@ -175,14 +160,14 @@ class WebhookSender:
                 " WHERE subscription_id = %s AND seq = %s",
                 (attempt, error[:500], self.subscription_id, seq),
             )
-            if time.monotonic() - started > self._retry.give_up.total_seconds():
+            if backoff.exhausted:
                 await self._conn.execute(
                     "UPDATE webhook_deliveries SET status = 'abandoned'"
                     " WHERE subscription_id = %s AND seq = %s",
                     (self.subscription_id, seq),
                 )
                 raise WebhookAbandoned(f"webhook {self.url}: batch {seq} failed: {error}")
-            delay = self._retry.delay(attempt)
+            delay = backoff.next()
             logger.info(
                 "webhook %s: batch %d failed (%s); retry in %.1fs", self.url, seq, error, delay
             )

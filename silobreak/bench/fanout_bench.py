@@ -27,6 +27,7 @@ from store.registry import upsert_devices
 from store.writer import ReadingsWriter
 from streams.cursor import Live
 from streams.live import Feed, Hub
+from streams.pool import new_pool
 from streams.scope import Grant, narrow
 
 PREFIX: Final = "fan-"
@@ -145,7 +146,9 @@ async def _hub_consumers(
     db_url: str, subs: int, start: str, received: list[tuple[float, str, datetime]],
     stop: asyncio.Event,
 ) -> list[asyncio.Task[Any]]:  # fmt: skip
-    hub = Hub(db_url, poll_interval=_POLL, min_pool=5)
+    pool = new_pool(db_url)
+    await pool.open(wait=True)
+    hub = Hub(db_url, pool=pool, poll_interval=_POLL, min_pool=5)
 
     async def consume(feed: Feed) -> None:
         async for batch in feed.batches():
@@ -162,6 +165,7 @@ async def _hub_consumers(
         await stop.wait()
         for t in tasks[1:]:
             t.cancel()
+        await pool.close()
 
     tasks.append(asyncio.create_task(cancel_on_stop()))
     return tasks

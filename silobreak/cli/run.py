@@ -30,7 +30,12 @@ from silobreak.cli.common import (
     use_recorded_catalog,
 )
 from silobreak.errors import CommandFailed
-from silobreak.settings import Settings, SettingsError
+from silobreak.settings import (
+    Settings,
+    SettingsError,
+    ingest_config,
+    streams_config,
+)
 from silobreak.sim_credentials import DEFAULT_SECRETS_FILE
 from store.schema import TRY_QUERY
 
@@ -55,27 +60,6 @@ def ingest(ctx: click.Context) -> None:
     run_async(lambda stop: run_with_recorder(settings, ingestor, stop))
 
 
-def ingest_config(settings: Settings) -> Any:
-    """The ingestor's config from the process settings."""
-    from ingest.service import IngestConfig  # noqa: PLC0415
-
-    return IngestConfig(
-        mqtt_url=settings.mqtt_url,
-        database_url=settings.database_url,
-        client_id=settings.ingest_client_id,
-        share_group=settings.ingest_share_group,
-        batch_size=settings.ingest_batch_size,
-        batch_interval=settings.ingest_batch_interval,
-        receive_maximum=settings.ingest_receive_maximum,
-        session_expiry=settings.ingest_session_expiry,
-        max_payload=settings.ingest_max_payload,
-        max_age=settings.ingest_max_age,
-        max_future=settings.ingest_max_future,
-        registry_refresh=settings.registry_refresh,
-        store_timeout=settings.store_timeout,
-    )
-
-
 @click.command("streams")
 @click.pass_context
 def streams(ctx: click.Context) -> None:
@@ -88,7 +72,8 @@ def streams(ctx: click.Context) -> None:
     settings = settings_of(ctx)
     use_recorded_catalog(settings)
     app = create_app(settings)
-    include_all(app, settings)  # grants, subscriptions, history, audit and the live gateway
+    # grants, subscriptions, history, audit and the live gateway
+    include_all(app, streams_config(settings))
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="info")
 
 

@@ -286,7 +286,7 @@ def query(ctx: click.Context, /, what: str, **opts: Any) -> None:
 @click.pass_context
 def mirror(ctx: click.Context, once: bool, from_now: bool, show_status: bool) -> None:
     """Copy every committed reading to InfluxDB 2 (SILOBREAK_INFLUX_URL), resuming after outages."""
-    from silobreak.upkeep import mirror_config  # noqa: PLC0415
+    from silobreak.settings import mirror_config  # noqa: PLC0415
     from store.mirror import InfluxMirror  # noqa: PLC0415
 
     settings = settings_of(ctx)

@@ -21,6 +21,7 @@ from store.principals import add_principal
 from streams import grants
 from streams.cursor import Live
 from streams.live import Feed, Hub
+from streams.pool import new_pool
 from streams.scope import narrow
 from tests.e2e.secure_broker import ACTOR, SecureCity, start_secure_city
 from tests.security.conftest import grafana_url
@@ -104,7 +105,9 @@ def test_a_grafana_login_cannot_make_the_streams_hub_tick(town: Town) -> None:
     payloads = ["", "x", "1", old_batch, str(2**70), "99999999999", "-1", f"{old_batch} "]
 
     async def go() -> tuple[int, int, float]:
-        hub = Hub(town.db_url, poll_interval=timedelta(seconds=30), min_pool=5)
+        pool = new_pool(town.db_url)
+        await pool.open(wait=True)
+        hub = Hub(town.db_url, pool=pool, poll_interval=timedelta(seconds=30), min_pool=5)
         stop = asyncio.Event()
         running = asyncio.create_task(hub.run(stop))
         async with await psycopg.AsyncConnection.connect(town.db_url, autocommit=True) as conn:
@@ -150,6 +153,7 @@ def test_a_grafana_login_cannot_make_the_streams_hub_tick(town: Town) -> None:
             stop.set()
             consumer.cancel()
             await asyncio.gather(running, consumer, return_exceptions=True)
+            await pool.close()
 
     forged_ticks, ignored, waited = asyncio.run(go())
     assert forged_ticks == 0

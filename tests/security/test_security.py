@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.registry import new_record
 from silobreak.local import free_port
-from silobreak.settings import Settings
+from silobreak.settings import Settings, streams_config
 from store.lifecycle import register_devices
 from store.principals import add_principal, issue_token
 from streams.api import create_app
@@ -214,7 +214,7 @@ class Gateway:
 
     def __init__(self, settings: Settings) -> None:
         app = create_app(settings)
-        include_all(app, settings)
+        include_all(app, streams_config(settings))
         self.base = f"http://127.0.0.1:{free_port()}"
         port = int(self.base.rsplit(":", 1)[1])
         self.server = uvicorn.Server(

@@ -18,7 +18,7 @@ import uvicorn
 
 from devices.registry import new_record
 from silobreak.local import LocalMosquitto, free_port
-from silobreak.settings import Settings
+from silobreak.settings import Settings, streams_config
 from store.lifecycle import register_devices
 from store.principals import add_principal, issue_token
 from store.writer import ReadingsWriter
@@ -119,7 +119,7 @@ def running_town(
     }
     settings_ = Settings(**config)
     app = create_app(settings_)
-    include_all(app, settings_)
+    include_all(app, streams_config(settings_))
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")

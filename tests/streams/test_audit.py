@@ -11,11 +11,11 @@ from typing import Any, LiteralString
 import psycopg
 import pytest
 
+from backoff import Policy
 from silobreak.local import free_port
 from streams import audit, cursor, webhooks
 from streams.gateway import Gateway, StreamsConfig, encode_batch
 from streams.live import Batch
-from streams.webhooks import Retry
 from tests.streams.conftest import wait_until
 from tests.support.http import serving
 
@@ -95,9 +95,7 @@ def run_gateway(db_url: str, hook_prefix: str, until: Callable[[], bool]) -> Non
         database_url=db_url,
         poll_interval=timedelta(milliseconds=100),
         webhook_allow=(hook_prefix,),
-        webhook_retry=Retry(
-            timedelta(milliseconds=50), timedelta(milliseconds=200), timedelta(days=1)
-        ),
+        webhook_retry=Policy(first=0.05, cap=0.2, give_up=timedelta(days=1).total_seconds()),
     )
 
     async def go() -> None:

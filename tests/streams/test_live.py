@@ -6,17 +6,19 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
+from psycopg_pool import AsyncConnectionPool
 
-from streams import grants
+from streams import grants, live
 from streams.client import ClientError, StreamsClient, SubscriptionEnded
-from streams.cursor import Live
-from streams.live import Feed, Hub
+from streams.cursor import Live, Replay
+from streams.live import Batch, Feed, Hub
+from streams.pool import Pool, new_pool
 from streams.scope import narrow
 from tests.streams.conftest import Town, wait_until
 
@@ -317,7 +319,9 @@ def test_a_feed_that_starts_while_the_hub_reads_the_grants_is_not_closed(db_url:
             return states
 
     async def go() -> list[str | None]:
-        hub = Racing(db_url, poll_interval=timedelta(milliseconds=100), min_pool=5)
+        # The ticks under test read through `conn`; the pool (feeds' pages) is never opened.
+        pool = new_pool(db_url)
+        hub = Racing(db_url, pool=pool, poll_interval=timedelta(milliseconds=100), min_pool=5)
         closed = []
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
             grant = await grants.get(conn, row[0])
@@ -348,7 +352,9 @@ def test_a_commit_wakes_the_hub_without_waiting_for_its_poll_even_after_losing_i
         return [r[0] for r in rows]
 
     async def go() -> list[float]:
-        hub = Hub(town.db_url, poll_interval=timedelta(seconds=30), min_pool=5)
+        pool = new_pool(town.db_url)
+        await pool.open(wait=True)
+        hub = Hub(town.db_url, pool=pool, poll_interval=timedelta(seconds=30), min_pool=5)
         stop = asyncio.Event()
         running = asyncio.create_task(hub.run(stop))
         async with await psycopg.AsyncConnection.connect(town.db_url, autocommit=True) as conn:
@@ -385,6 +391,7 @@ def test_a_commit_wakes_the_hub_without_waiting_for_its_poll_even_after_losing_i
             stop.set()
             consumer.cancel()
             await asyncio.gather(running, consumer, return_exceptions=True)
+            await pool.close()
         assert hub.notifications >= 2
         return waited
 
@@ -392,3 +399,55 @@ def test_a_commit_wakes_the_hub_without_waiting_for_its_poll_even_after_losing_i
     # A poll would have taken up to 30 s; a notification takes one tick (its latency is
     # measured by `silobreak bench streams`; here only that it is not the poll's).
     assert all(w < 15.0 for w in waited), waited
+
+
+def test_replay_pages_give_their_pooled_connection_back_before_they_are_delivered(
+    town: Town, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool of one connection serves two replaying feeds, one of them stalled after its
+    first page: a page holds a pooled connection only for its query."""
+    monkeypatch.setattr(live, "REPLAY_PAGE", 10)
+    lamp = f"{town.prefix}lamp-n1"
+    start = now().replace(microsecond=0)
+    since = start - timedelta(hours=1)
+    town.write("streetlight", [(start - timedelta(minutes=m), lamp, 1, 50.0, float(m))
+                               for m in range(1, 51)])  # fmt: skip
+    g = town.grant("lighting", consumer="planning", device_types=["streetlight"],
+                   metrics=["power_w"])  # fmt: skip
+
+    async def go() -> tuple[int, list[float]]:
+        pool: Pool = AsyncConnectionPool(
+            town.db_url, min_size=1, max_size=1, timeout=5.0,
+            kwargs={"autocommit": True}, open=False,
+        )  # fmt: skip
+        await pool.open(wait=True)
+        hub = Hub(town.db_url, pool=pool, poll_interval=timedelta(seconds=30), min_pool=5)
+        async with pool.connection() as conn:
+            grant = await grants.get(conn, g["id"])
+            cur = await conn.execute("SELECT pg_current_snapshot()::text")
+            snapshot = str((await cur.fetchone())[0])  # type: ignore[index]
+
+        def feed() -> AsyncGenerator[Batch, None]:
+            replay = Replay(snapshot, since, 0, None, "")
+            batches = Feed(hub, grant, [narrow(grant, "streetlight")], replay).batches()
+            return cast(AsyncGenerator[Batch, None], batches)
+
+        stalled, reader = feed(), feed()
+        try:
+            first = await anext(stalled)  # and then never read again
+            values: list[float] = []
+            async with asyncio.timeout(30):
+                async for batch in reader:
+                    assert batch.phase == "replay"
+                    values += [r["value"] for r in batch.readings]
+                    if len(values) == 50:
+                        break
+            return len(first.readings), values
+        finally:
+            await stalled.aclose()
+            await reader.aclose()
+            await pool.close()
+
+    first, values = asyncio.run(go())
+    assert first == 10
+    assert sorted(values) == [float(m) for m in range(1, 51)]
