@@ -13,13 +13,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final, Literal
 
-from backoff import Policy
 from firmware_sim.clock import SimClock
 from firmware_sim.errors import BrokerError, SimError
 from firmware_sim.fleet import Fleet
 from firmware_sim.generator import SimMessage, messages
 from firmware_sim.link import MQTT_VERSIONS, Link, MqttVersion, parse_broker_url
 from firmware_sim.payloads import status
+from retries import Policy
 
 logger = logging.getLogger(__name__)
 

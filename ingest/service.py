@@ -12,7 +12,6 @@ from typing import Any, Final
 
 import psycopg
 
-from backoff import Backoff
 from devices.registry import RegistrySnapshot
 from devices.topics import shared_filter
 from ingest.decode import STORE_REFUSED, Accepted, Row, Window, decode, device_id_of
@@ -20,6 +19,7 @@ from ingest.errors import IngestError
 from ingest.metrics import IngestMetrics
 from ingest.status import STATUS_FILTER, STATUS_SUFFIX, PresenceWriter, Status, take_status
 from mqtt import MqttError, MqttSubscriber
+from retries import Backoff
 from store.deadline import DEFAULT_TIMEOUT, Deadline, connect_kwargs
 from store.errors import STORE_RETRY, StoreError, StoreRefused, StoreUnavailable, first_line
 from store.registry import load_snapshot, registry_version

@@ -10,10 +10,10 @@ from typing import Any, Final
 import msgspec
 import psycopg
 
-from backoff import Backoff
 from devices.registry import RegistrySnapshot
 from devices.topics import parse_device_topic
 from ingest.decode import EPOCH, MALFORMED_PAYLOAD, SCHEMA_VIOLATION, UNKNOWN_DEVICE
+from retries import Backoff
 from store.deadline import (
     DEFAULT_TIMEOUT,
     Deadline,

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from typing import TypeVar, cast
 
-from backoff import Backoff
 from mqtt.codec import (
     CONNECT_TIMEOUT_S,
     MAX_PACKET_ID,
@@ -56,6 +55,7 @@ from mqtt.errors import (
     reason_name,
 )
 from mqtt.url import MqttUrl, redact
+from retries import Backoff
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple, cast
 
-from backoff import Policy
 from mqtt.errors import MqttProtocolError
+from retries import Policy
 
 logger = logging.getLogger(__name__)
 

@@ -210,7 +210,7 @@ def ingest_config(s: Settings) -> IngestConfig:
 
 def streams_config(s: Settings) -> StreamsConfig:
     """A streams gateway's config (the API's pool needs only `database_url` of it)."""
-    from backoff import Policy  # noqa: PLC0415
+    from retries import Policy  # noqa: PLC0415
     from streams.gateway import StreamsConfig  # noqa: PLC0415
 
     return StreamsConfig(

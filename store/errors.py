@@ -2,7 +2,7 @@
 
 from typing import Final
 
-from backoff import Policy
+from retries import Policy
 
 # Retry of an unavailable store (ingest's writers, the mirror): a blip is retried within
 # 0.1 s, and the 5 s cap finds a store that is back within 5 s of its return; jittered so

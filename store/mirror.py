@@ -23,7 +23,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from backoff import Backoff
+from retries import Backoff
 from store.errors import STORE_RETRY, StoreError, StoreUnavailable
 from store.schema import READINGS_TABLES, ReadingsTable
 

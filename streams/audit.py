@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import psycopg
 
-from backoff import Backoff, Policy
+from retries import Backoff, Policy
 from streams.errors import StreamsError
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import httpx
 
-from backoff import Backoff, Policy
+from retries import Backoff, Policy
 from streams.errors import StreamsError
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ import msgspec
 import psycopg
 from fastapi import Depends, Request
 
-from backoff import Backoff, Policy
+from retries import Backoff, Policy
 from streams import audit, cursor, grants, subscriptions, urls
 from streams.errors import ApiError
 from streams.live import Batch, Feed, FeedClosed, Hub

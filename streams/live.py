@@ -22,7 +22,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from backoff import Backoff, Policy
+from retries import Backoff, Policy
 from store.aggregates import ORIGIN
 from store.writer import READINGS_CHANNEL
 from streams import cursor, history

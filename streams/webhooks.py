@@ -13,7 +13,7 @@ import httpx
 import msgspec
 import psycopg
 
-from backoff import Backoff, Policy
+from retries import Backoff, Policy
 from streams import audit, client, urls
 from streams.errors import StreamsError
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from backoff import Policy
 from ingest.service import IngestConfig
+from retries import Policy
 from silobreak.settings import Settings, ingest_config, mirror_config, streams_config
 from store.errors import StoreError
 from store.mirror import MirrorConfig

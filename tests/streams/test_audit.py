@@ -11,7 +11,7 @@ from typing import Any, LiteralString
 import psycopg
 import pytest
 
-from backoff import Policy
+from retries import Policy
 from silobreak.local import free_port
 from streams import audit, cursor, webhooks
 from streams.gateway import Gateway, StreamsConfig, encode_batch
