@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -182,3 +184,16 @@ def test_a_third_service_cannot_export_a_grant_between_others(town: Town) -> Non
 
 def _constraints(permission: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c[ODRL + "leftOperand"][0]["@id"]: c for c in permission[ODRL + "constraint"]}
+
+
+def test_the_documented_agreement_is_what_export_writes_and_import_reads() -> None:
+    text = Path(__file__).parents[2].joinpath("docs", "contracts.md").read_text(encoding="utf-8")
+    documented = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])
+    spec = odrl.grant_spec({**documented, "@type": "Offer"})
+    assert (spec.owner, spec.consumer, spec.granularity, spec.pool) == (
+        "energy", "planning", "aggregate", "district",
+    )  # fmt: skip
+    assert (spec.districts, spec.interval_s, spec.min_devices) == (("north", "south"), 900, 5)
+    assert [c["leftOperand"] for c in documented["permission"][0]["constraint"]] == [
+        "purpose", "dateTime", "spatial", "interval", "minDevices",
+    ]  # fmt: skip
