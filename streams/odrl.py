@@ -54,6 +54,12 @@ _OPERATORS: Final = {
 }
 _PRINCIPAL: Final = "urn:silobreak:principal:"
 _DURATION_RE: Final = re.compile(r"PT(\d{1,7})S")
+# The bounds of the grants API's body (routes_grants.GrantIn), so both doors take the same grants.
+_MAX_PURPOSE: Final = 2000
+_MAX_TYPES: Final = 200
+_MAX_METRICS: Final = 32
+_MAX_DISTRICTS: Final = 500
+_MAX_MIN_DEVICES: Final = 100_000
 UNSUPPORTED: Final = 422
 
 
@@ -204,7 +210,7 @@ def _read_constraints(raw: Any) -> dict[str, Any]:
 
 
 def _operand(left: str, right: Any) -> Any:
-    if left == "purpose" and isinstance(right, str) and right.strip():
+    if left == "purpose" and isinstance(right, str) and 0 < len(right.strip()) <= _MAX_PURPOSE:
         return right.strip()
     if left in ("dateTime", "interval"):
         want = "xsd:dateTime" if left == "dateTime" else "xsd:duration"
@@ -214,7 +220,11 @@ def _operand(left: str, right: Any) -> Any:
         return _datetime(value) if left == "dateTime" else _seconds(value)
     if left == "spatial":
         names = [right] if isinstance(right, str) else right
-        if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+        if (
+            isinstance(names, list)
+            and 0 < len(names) <= _MAX_DISTRICTS
+            and all(isinstance(n, str) for n in names)
+        ):
             return tuple(names)
     if left == "bbox" and isinstance(right, str):
         try:
@@ -224,7 +234,7 @@ def _operand(left: str, right: Any) -> Any:
         else:
             if -180 <= x0 <= x1 <= 180 and -90 <= y0 <= y1 <= 90:
                 return (x0, y0, x1, y1)
-    if left == "minDevices" and isinstance(right, int) and not isinstance(right, bool):
+    if left == "minDevices" and type(right) is int and 1 <= right <= _MAX_MIN_DEVICES:
         return right
     raise _refuse(f"rightOperand of {left}", f"{json.dumps(right)[:80]} is not a valid value")
 
@@ -258,13 +268,22 @@ def _target(target: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
     if not isinstance(target, dict):
         raise _refuse("target", "target is required: an asset with deviceType (and metric)")
     _only(target, _TARGET_KEYS, "target")
-    return _names(target, "deviceType", None), _names(target, "metric", [])
+    types = _names(target, "deviceType", None, _MAX_TYPES)
+    if not types:
+        raise _refuse("deviceType", "at least one device type")
+    return types, _names(target, "metric", [], _MAX_METRICS)
 
 
-def _names(obj: Mapping[str, Any], key: str, default: list[str] | None) -> tuple[str, ...]:
+def _names(
+    obj: Mapping[str, Any], key: str, default: list[str] | None, most: int
+) -> tuple[str, ...]:
     value = obj.get(key, default)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _refuse(key, f"{key} is a list of names")
+    if (
+        not isinstance(value, list)
+        or len(value) > most
+        or not all(isinstance(v, str) for v in value)
+    ):
+        raise _refuse(key, f"{key} is a list of at most {most} names")
     return tuple(value)
 
 

@@ -132,6 +132,10 @@ def _permission(policy: dict[str, Any]) -> dict[str, Any]:
         (lambda p: p.update(prohibition=[{"action": "print"}]), "prohibition"),
         (lambda p: p["target"].update(fileFormat="csv"), "fileFormat"),
         (lambda p: p.update({"@type": "Set"}), "@type"),
+        (lambda p: _permission(p)["constraint"].append(
+            {"leftOperand": "minDevices", "operator": "gteq", "rightOperand": 2**40}),
+         "rightOperand of minDevices"),
+        (lambda p: p["target"].update(deviceType=[]), "deviceType"),
         (lambda p: p.update({"@context": [odrl.ODRL_CONTEXT]}), "@context"),
     ],
 )  # fmt: skip
