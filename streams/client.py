@@ -155,6 +155,16 @@ class StreamsClient:
         result: dict[str, Any] = await self.request("POST", "/v1/grants", body=spec)
         return result
 
+    async def grant_odrl(self, grant_id: int) -> dict[str, Any]:
+        """The grant as an ODRL 2.2 Agreement (JSON-LD)."""
+        result: dict[str, Any] = await self.request("GET", f"/v1/grants/{grant_id}/odrl")
+        return result
+
+    async def request_odrl(self, policy: Mapping[str, Any]) -> dict[str, Any]:
+        """Request a grant by an ODRL Offer or Request (docs/contracts.md)."""
+        result: dict[str, Any] = await self.request("POST", "/v1/grants/odrl", body=policy)
+        return result
+
     async def decide(self, grant_id: int, verb: str, note: str = "") -> dict[str, Any]:
         """`verb`: approve, refuse or revoke."""
         result: dict[str, Any] = await self.request(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -61,9 +62,15 @@ class GrantSpec:
 
 
 async def create(
-    conn: psycopg.AsyncConnection[Any], caller: Caller, spec: GrantSpec, *, min_pool: int
+    conn: psycopg.AsyncConnection[Any],
+    caller: Caller,
+    spec: GrantSpec,
+    *,
+    min_pool: int,
+    detail: Mapping[str, Any] | None = None,
 ) -> Grant:
-    """A grant by its owner (active at once), or a request by a consumer (to be approved)."""
+    """A grant by its owner (active at once), or a request by a consumer (to be approved);
+    `detail` goes into the audit entry beside the purpose."""
     own = caller.service == spec.owner
     if own and spec.consumer == caller.principal:
         raise ApiError(422, "self_grant", "a service reads its own data without a grant")
@@ -91,7 +98,9 @@ async def create(
         )  # fmt: skip
         grant = _grant(await cur.fetchone())
         action = "grant.create" if own else "grant.request"
-        await audit.record(conn, _event(caller, action, grant, purpose=spec.purpose))
+        await audit.record(
+            conn, _event(caller, action, grant, purpose=spec.purpose, **(detail or {}))
+        )
     return grant
 
 
@@ -149,6 +158,7 @@ async def expire_due(conn: psycopg.AsyncConnection[Any], *, actor: str) -> list[
 
 
 async def get(conn: psycopg.AsyncConnection[Any], grant_id: int) -> Grant:
+    """A grant by id, whoever asks (callers check who may see it)."""
     cur = await conn.execute(_SELECT + " WHERE id = %s", (grant_id,))
     row = await cur.fetchone()
     if row is None:

@@ -1,17 +1,18 @@
-"""`/v1/grants`: owners grant, consumers request, owners approve, refuse and revoke."""
+"""`/v1/grants`: owners grant, consumers request, owners approve, refuse, revoke; ODRL in, out."""
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Body, Path, Request
+from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from devices.catalog import DEVICE_TYPES
-from streams import grants
-from streams.auth import CallerDep, forbidden
+from streams import audit, grants, odrl
+from streams.auth import Caller, CallerDep, forbidden
 from streams.gateway import GatewayDep
 from streams.scope import Grant
 
@@ -145,13 +146,49 @@ async def list_grants(
     return [out(g) for g in found]
 
 
+@router.post("/odrl", status_code=201, response_model=GrantOut)
+async def import_odrl(
+    request: Request,
+    caller: CallerDep,
+    gateway: GatewayDep,
+    policy: Annotated[dict[str, Any], Body(description="an ODRL 2.2 Offer or Request")],
+) -> GrantOut:
+    """Request a grant by an ODRL Offer or Request (JSON-LD, silobreak's subset, docs/contracts.md);
+    the caller is the assignee. A term outside the subset: 422 `odrl_unsupported` naming it."""
+    spec = odrl.grant_spec(policy)
+    if spec.consumer != caller.principal:
+        raise forbidden(
+            "not_assignee", f"{caller.principal} imports policies whose assignee is itself"
+        )
+    detail = {"via": "odrl", "policy_uid": str(policy.get("uid", ""))}
+    async with request.app.state.pool.connection() as conn:
+        grant = await grants.create(
+            conn, caller, spec, min_pool=gateway.config.min_pool, detail=detail
+        )
+    return out(grant)
+
+
 @router.get("/{grant_id}", response_model=GrantOut)
 async def get_grant(request: Request, caller: CallerDep, grant_id: GrantId) -> GrantOut:
     async with request.app.state.pool.connection() as conn:
         grant = await grants.get(conn, grant_id)
-    if caller.principal not in (grant.owner, grant.consumer) and not caller.is_coordinator:
-        raise forbidden("not_party", f"grant {grant_id} is between other principals")
+    _require_party(caller, grant)
     return out(grant)
+
+
+@router.get("/{grant_id}/odrl", response_class=JSONResponse)
+async def export_odrl(request: Request, caller: CallerDep, grant_id: GrantId) -> JSONResponse:
+    """The grant as an ODRL 2.2 Agreement (JSON-LD); the same readers as the grant itself."""
+    async with request.app.state.pool.connection() as conn, conn.transaction():
+        grant = await grants.get(conn, grant_id)
+        _require_party(caller, grant)
+        await audit.record(
+            conn,
+            audit.Event(
+                caller.principal, "grant.export_odrl", grant.owner, grant.consumer, grant.id
+            ),
+        )
+    return JSONResponse(odrl.agreement(grant), media_type=odrl.MEDIA_TYPE)
 
 
 @router.post("/{grant_id}/approve", response_model=GrantOut)
@@ -186,6 +223,11 @@ async def revoke(
     async with request.app.state.pool.connection() as conn:
         grant = await grants.revoke(conn, caller, grant_id, note=body.note)
     return out(grant)
+
+
+def _require_party(caller: Caller, grant: Grant) -> None:
+    if caller.principal not in (grant.owner, grant.consumer) and not caller.is_coordinator:
+        raise forbidden("not_party", f"grant {grant.id} is between other principals")
 
 
 def interval_seconds(text: str) -> int:

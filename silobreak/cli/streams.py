@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Final, TypeVar
+from typing import IO, Any, Final, TypeVar
 
 import click
 
@@ -96,6 +96,30 @@ def grants_create(
     if interval:
         spec.update(interval=interval, pool=pool, min_devices=min_devices)
     grant = _call(ctx, token, lambda c: c.create_grant(**spec))
+    click.echo(f"grant {grant['id']}: {grant['status']}")
+
+
+@grants.command("odrl")
+@_token
+@click.argument("grant_id", type=click.IntRange(1))
+@click.pass_context
+def grants_odrl(ctx: click.Context, token: str | None, grant_id: int) -> None:
+    """Print a grant as an ODRL 2.2 Agreement (JSON-LD)."""
+    agreement = _call(ctx, token, lambda c: c.grant_odrl(grant_id))
+    click.echo(json.dumps(agreement, indent=2))
+
+
+@grants.command("request-odrl")
+@_token
+@click.argument("policy", type=click.File("rb"))
+@click.pass_context
+def grants_request_odrl(ctx: click.Context, token: str | None, policy: IO[bytes]) -> None:
+    """Request a grant by an ODRL Offer or Request (a JSON-LD file, `-` for stdin)."""
+    try:
+        body = json.loads(policy.read())
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="POLICY") from None
+    grant = _call(ctx, token, lambda c: c.request_odrl(body))
     click.echo(f"grant {grant['id']}: {grant['status']}")
 
 

@@ -101,3 +101,25 @@ def _line_within(stream: IO[bytes], timeout: float) -> str:
         selector.register(stream, selectors.EVENT_READ)
         assert selector.select(timeout), f"no line within {timeout} s"
     return stream.readline().decode()
+
+
+def test_grants_odrl_prints_an_agreement_that_request_odrl_turns_into_a_request(
+    town: Town, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SILOBREAK_API_URL", town.base)
+    grant = town.grant("mobility", consumer="planning", device_types=["traffic_light"])
+    env = {"SILOBREAK_API_TOKEN": town.tokens["planning"]}
+    runner = CliRunner()
+    exported = runner.invoke(main, ["grants", "odrl", str(grant["id"])], env=env)
+    assert exported.exit_code == 0, exported.output
+    agreement = json.loads(exported.output)
+    assert (agreement["@type"], agreement["permission"][0]["action"]) == ("Agreement", "read")
+    offer = tmp_path / "offer.jsonld"
+    offer.write_text(json.dumps({**agreement, "@type": "Offer"}), encoding="utf-8")
+    requested = runner.invoke(main, ["grants", "request-odrl", str(offer)], env=env)
+    assert requested.exit_code == 0, requested.output
+    assert requested.output.strip().endswith(": requested")
+    offer.write_text(json.dumps({**agreement, "@type": "Offer", "duty": []}), encoding="utf-8")
+    refused = runner.invoke(main, ["grants", "request-odrl", str(offer)], env=env)
+    assert refused.exit_code == 1
+    assert "422 odrl_unsupported: duty" in refused.output
