@@ -61,7 +61,12 @@ def test_a_v1_database_gains_the_new_types_and_then_has_a_fresh_databases_schema
     assert "public.readings_meter" in before
     assert "public.readings_noise_sensor" not in before
     applied = migrate(empty_db_url)
-    assert applied == ["0051_device_catalog", "device type noise_sensor", "device type parking_bay"]
+    assert applied == [
+        "0051_device_catalog",
+        "0052_job_status",
+        "device type noise_sensor",
+        "device type parking_bay",
+    ]
     assert migrate(empty_db_url) == []
     with psycopg.connect(empty_db_url) as upgraded, psycopg.connect(db_url) as fresh:
         got, want = _schema(upgraded), _schema(fresh)
