@@ -32,11 +32,12 @@ REFRESH_WINDOW: Final = timedelta(days=8)
 # demand): a day covers any upkeep outage shorter than that.
 POOLED_WINDOW: Final = timedelta(days=1)
 # A manual refresh in batches of 10 buckets, TimescaleDB 2.28's default, took 10.8-15.0 s
-# for 40 days of a 1-minute aggregate; one batch (`buckets_per_batch => 0`) 0.11-0.46 s.
+# for 40 days of a 1-minute aggregate; in one batch (`"buckets_per_batch": 0` in the
+# procedure's `options`, new in 2.28) 0.11-0.46 s.
 _REFRESH: Final = "CALL refresh_continuous_aggregate(%s, %s::timestamptz, %s::timestamptz)"
 _REFRESH_ONE_BATCH: Final = (
     "CALL refresh_continuous_aggregate(%s, %s::timestamptz, %s::timestamptz,"
-    " buckets_per_batch => 0)"
+    """ options => '{"buckets_per_batch": 0}')"""
 )
 # Advisory-lock class of rollup refreshes (any constant; the key is the table's hash).
 _LOCK_CLASS: Final = 0x51_10
@@ -184,19 +185,19 @@ def refresh_range(
     # was for a load whose readings all fell on one hour boundary.
     lo, hi = widen(start, end, HOUR.width)
     hi = hi if hi > end else hi + HOUR.width
-    call = _REFRESH_ONE_BATCH if _has_buckets_per_batch(conn) else _REFRESH
+    call = _REFRESH_ONE_BATCH if _refresh_takes_options(conn) else _REFRESH
     for device_type in device_types:
         for level in LEVELS:
             conn.execute(call, (level.view(device_type), lo, hi))
 
 
-def _has_buckets_per_batch(conn: psycopg.Connection[Any]) -> bool:
-    """Whether this server's refresh_continuous_aggregate takes `buckets_per_batch` (2.28
-    does; PGlite's 2.23 does not). Asked of the procedure itself, not of a version number."""
+def _refresh_takes_options(conn: psycopg.Connection[Any]) -> bool:
+    """Whether this server's refresh_continuous_aggregate takes `options` (2.28 does, with
+    `buckets_per_batch` in it; PGlite's 2.23 does not). Asked of the procedure's signature,
+    not of a version number."""
     row = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_proc"
-        " WHERE proname = 'refresh_continuous_aggregate'"
-        " AND 'buckets_per_batch' = ANY(proargnames))"
+        " WHERE proname = 'refresh_continuous_aggregate' AND 'options' = ANY(proargnames))"
     ).fetchone()
     return bool(row and row[0])
 
