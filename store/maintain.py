@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -12,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from store.aggregates import HOUR, LEVELS
-from store.errors import StoreError
+from store.errors import StoreError, first_line
 from store.migrate import Backend, store_backend
 from store.query import DEFAULT_SEAL_GRACE, Scope, sealed_end, widen
 from store.reader import release
@@ -39,6 +41,13 @@ _REFRESH_ONE_BATCH: Final = (
     "CALL refresh_continuous_aggregate(%s, %s::timestamptz, %s::timestamptz,"
     """ options => '{"buckets_per_batch": 0}')"""
 )
+# How long a backfill's refresh waits for a policy refresh of the same aggregate to end: a
+# policy run of the 8-day window in batches of 10 buckets takes minutes on a large city.
+_CONCURRENT_REFRESH_WAIT: Final = timedelta(minutes=10)
+# Backoff between tries: the first soon (a policy's last batch is often about to commit),
+# then no more often than every 5 s.
+_RETRY_FIRST_S: Final = 0.1
+_RETRY_MAX_S: Final = 5.0
 # Advisory-lock class of rollup refreshes (any constant; the key is the table's hash).
 _LOCK_CLASS: Final = 0x51_10
 
@@ -149,11 +158,19 @@ def refresh_rollups(conn: psycopg.Connection[Any], *, settle: timedelta = DEFAUL
 
 
 def run_jobs(conn: psycopg.Connection[Any], kinds: Iterable[str]) -> list[str]:
-    """TimescaleDB: run the store's jobs of these kinds now (refresh, compression, retention)."""
+    """TimescaleDB: run the store's jobs of these kinds now (refresh, compression, retention).
+
+    A refresh that TimescaleDB's scheduler is running at this moment is left to it: the
+    server refuses a second one on the same aggregate ("due to a concurrent refresh").
+    """
     ran: list[str] = []
     for kind in kinds:
         for job_id, label in _jobs(conn, kind):
-            conn.execute("CALL run_job(%s)", (job_id,))
+            try:
+                conn.execute("CALL run_job(%s)", (job_id,))
+            except psycopg.errors.LockNotAvailable as exc:
+                logger.info("%s: left to the run in progress (%s)", label, first_line(exc))
+                continue
             ran.append(label)
     return ran
 
@@ -188,7 +205,31 @@ def refresh_range(
     call = _REFRESH_ONE_BATCH if _refresh_takes_options(conn) else _REFRESH
     for device_type in device_types:
         for level in LEVELS:
-            conn.execute(call, (level.view(device_type), lo, hi))
+            _refresh_waiting(conn, call, level.view(device_type), lo, hi)
+
+
+def _refresh_waiting(
+    conn: psycopg.Connection[Any], call: str, view: str, lo: datetime, hi: datetime
+) -> None:
+    """One refresh, tried again while the server refuses it for a concurrent one (its
+    scheduler's policy run): unlike a policy's window, a backfilled range has no other
+    refresh coming."""
+    deadline = time.monotonic() + _CONCURRENT_REFRESH_WAIT.total_seconds()
+    pause = _RETRY_FIRST_S
+    while True:
+        try:
+            conn.execute(call, (view, lo, hi))
+        except psycopg.errors.LockNotAvailable as exc:
+            if time.monotonic() + pause > deadline:
+                raise StoreError(
+                    f"refresh of {view}: a concurrent refresh held it for "
+                    f"{_CONCURRENT_REFRESH_WAIT.total_seconds():.0f} s: {first_line(exc)}"
+                ) from exc
+            logger.info("refresh of %s waits for a concurrent one: %s", view, first_line(exc))
+            time.sleep(pause * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not secrets
+            pause = min(pause * 2, _RETRY_MAX_S)
+        else:
+            return
 
 
 def _refresh_takes_options(conn: psycopg.Connection[Any]) -> bool:
