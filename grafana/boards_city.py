@@ -234,4 +234,18 @@ def platform(timezone: str) -> Board:
             ("source", "last_report", "stored_per_s", "pending", "store_up"), "table",
         ),
     )  # fmt: skip
+    b.add(
+        stat.Panel().title("Store jobs whose last scheduled run failed").height(6).span(12)
+        .description(
+            "TimescaleDB's scheduler ends every run Failed on PostgreSQL 15.20 and later"
+            " (its work is committed); the platform's upkeep runs the jobs itself."
+            " `silobreak maintain` names them and their error (store_job_status)."
+        )
+        .thresholds(thresholds((None, "green"), (1, "orange"))),
+        Query(
+            "SELECT count(*) AS failed_jobs, coalesce(sum(total_failures), 0) AS failures"
+            "\nFROM store_job_status WHERE last_run_status = 'Failed'",
+            ("failed_jobs", "failures"), "table",
+        ),
+    )  # fmt: skip
     return b

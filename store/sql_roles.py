@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 PREFIX: Final = "grafana_"
 PLATFORM_ROLE: Final = "grafana_platform"
-PLATFORM_TABLES: Final = ("platform_stats", "platform_fleet_stats")
+PLATFORM_TABLES: Final = ("platform_stats", "platform_fleet_stats", "store_job_status")
 GOVERNED_SCHEMA: Final = "governed"
 # What the governed views' own functions read with the caller's rights: the plain backend's
 # rollup watermarks (silobreak_rollup_watermark(), an SQL function inlined into the plan).

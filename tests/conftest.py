@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
@@ -16,7 +17,13 @@ from psycopg import sql
 
 from silobreak.local import LocalMosquitto, LocalPostgres
 
+if TYPE_CHECKING:
+    from store.migrate import Backend, BackendChoice
+
 TEMPLATE_DB = "silobreak_template"
+PLAIN_TEMPLATE_DB = "silobreak_template_plain"
+# The backend each template was migrated to, recorded while it still takes connections.
+_template_backends: dict[str, Backend] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -74,35 +81,69 @@ def mqtt_broker(services_root: Path) -> Iterator[LocalMosquitto]:
 
 @pytest.fixture(scope="session")
 def template_db(pg_server: LocalPostgres) -> str:
-    """The migrated template every test database is copied from; migrated once a session."""
-    from store.migrate import migrate  # noqa: PLC0415 - only tests that need a database import it
+    """The migrated template every test database is copied from; migrated once a session.
 
-    with psycopg.connect(pg_server.url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE_DB)))
-    migrate(pg_server.url_for(TEMPLATE_DB))
-    with psycopg.connect(pg_server.url, autocommit=True) as conn:
-        # CREATE DATABASE ... TEMPLATE fails while anyone is connected to the template: end
-        # connections migrate() left open and refuse new ones.
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-            [TEMPLATE_DB],
-        )
-        conn.execute(
-            sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(
-                sql.Identifier(TEMPLATE_DB)
-            )
-        )
+    Its backend is `auto`: TimescaleDB when the session's PostgreSQL has the extension
+    preloaded (see docs/timescale-testing.md), plain otherwise.
+    """
+    _make_template(pg_server, TEMPLATE_DB, "auto")
     return TEMPLATE_DB
+
+
+@pytest.fixture(scope="session")
+def store_backend(pg_server: LocalPostgres, template_db: str) -> Backend:
+    """The backend of `db_url`'s databases: "timescale" or "plain"."""
+    return _template_backends[template_db]
+
+
+@pytest.fixture(scope="session")
+def plain_template_db(pg_server: LocalPostgres, template_db: str, store_backend: Backend) -> str:
+    """A template migrated for the plain backend: `template_db` itself unless that is
+    TimescaleDB (then a second template, migrated with backend="plain")."""
+    if store_backend == "plain":
+        return template_db
+    _make_template(pg_server, PLAIN_TEMPLATE_DB, "plain")
+    return PLAIN_TEMPLATE_DB
 
 
 @pytest.fixture
 def db_url(pg_server: LocalPostgres, template_db: str) -> Iterator[str]:
     """A libpq URL of a fresh, migrated database of this test's own, dropped after it."""
+    yield from _database_from(pg_server, template_db)
+
+
+@pytest.fixture
+def plain_db_url(pg_server: LocalPostgres, plain_template_db: str) -> Iterator[str]:
+    """Like `db_url`, always of the plain backend: for tests of the plain backend's own
+    machinery (rollup tables, partitions), which a TimescaleDB server runs as well."""
+    yield from _database_from(pg_server, plain_template_db)
+
+
+def _make_template(pg_server: LocalPostgres, name: str, backend: BackendChoice) -> None:
+    from store.migrate import migrate, store_backend  # noqa: PLC0415 - only database tests
+
+    with psycopg.connect(pg_server.url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    migrate(pg_server.url_for(name), backend=backend)
+    with psycopg.connect(pg_server.url_for(name), autocommit=True) as conn:
+        _template_backends[name] = store_backend(conn)
+    with psycopg.connect(pg_server.url, autocommit=True) as conn:
+        # CREATE DATABASE ... TEMPLATE fails while anyone is connected to the template: end
+        # connections migrate() left open and refuse new ones.
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name]
+        )
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(name))
+        )
+
+
+def _database_from(pg_server: LocalPostgres, template: str) -> Iterator[str]:
     dbname = f"t_{uuid.uuid4().hex[:12]}"
     name = sql.Identifier(dbname)
     with psycopg.connect(pg_server.url, autocommit=True) as conn:
         conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(name, sql.Identifier(template_db))
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(name, sql.Identifier(template))
         )
     try:
         yield pg_server.url_for(dbname)

@@ -11,17 +11,19 @@ from pathlib import Path
 import psycopg
 
 from silobreak.local import LocalMosquitto, LocalPostgres
-from store.migrate import migrate
+from store.migrate import BackendChoice, migrate
 
 
 @contextmanager
-def bench_database(prefix: str, *, commit_timestamps: bool = False) -> Iterator[str]:
-    """A fresh PostgreSQL with a migrated database `bench`; its URL.
+def bench_database(
+    prefix: str, *, commit_timestamps: bool = False, backend: BackendChoice = "auto"
+) -> Iterator[str]:
+    """A fresh PostgreSQL with a database `bench` migrated for `backend`; its URL.
 
     `commit_timestamps` turns on `track_commit_timestamp`, so a row's commit time can be read
     (`pg_xact_commit_timestamp`): latencies are measured from it.
     """
-    with _folder(prefix) as root, _database(root, commit_timestamps) as db_url:
+    with _folder(prefix) as root, _database(root, commit_timestamps, backend) as db_url:
         yield db_url
 
 
@@ -32,7 +34,7 @@ def bench_servers(
     """`bench_database` and a Mosquitto (with `broker_config` added to its configuration)."""
     with (
         _folder(prefix) as root,
-        _database(root, commit_timestamps) as db_url,
+        _database(root, commit_timestamps, "auto") as db_url,
         LocalMosquitto(root / "mqtt", extra_config=broker_config) as broker,
     ):
         yield broker, db_url
@@ -49,7 +51,7 @@ def _folder(prefix: str) -> Iterator[Path]:
 
 
 @contextmanager
-def _database(root: Path, commit_timestamps: bool) -> Iterator[str]:
+def _database(root: Path, commit_timestamps: bool, backend: BackendChoice) -> Iterator[str]:
     with LocalPostgres(root / "pg") as pg:
         if commit_timestamps:
             with psycopg.connect(pg.url, autocommit=True) as conn:
@@ -58,5 +60,5 @@ def _database(root: Path, commit_timestamps: bool) -> Iterator[str]:
         with psycopg.connect(pg.url, autocommit=True) as conn:
             conn.execute("CREATE DATABASE bench")
         db_url = pg.url_for("bench")
-        migrate(db_url)
+        migrate(db_url, backend=backend)
         yield db_url

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
 
 import psycopg
 import pytest
 from psycopg import sql
 
 from silobreak.local import LocalPostgres
-from store.maintain import refresh_rollups
 from store.sql_roles import ensure_roles
 from tests.grafana.city_day import Day, grant, load_day
+from tests.store.store_helpers import refresh_aggregates
 
 # What the cross-service board needs from other services: mobility and lighting grant the
 # environment service (its default datasource) their raw readings, as a study would ask.
@@ -39,7 +38,7 @@ def city_day(pg_server: LocalPostgres, template_db: str) -> Iterator[tuple[str, 
             ensure_roles(conn)
             # As `silobreak maintain` would have by the end of a day, then statistics as
             # autovacuum would have gathered them.
-            refresh_rollups(conn, settle=timedelta(0))
+            refresh_aggregates(conn)
             conn.execute("ANALYZE")
         yield url, day
     finally:

@@ -113,12 +113,14 @@ def test_backfill_a_simulated_month_then_query_it(tmp_path: Path, db_url: str) -
     assert 2 <= len(series.splitlines()) <= 11
 
 
-def test_retention_commands_set_list_apply_and_refuse_nonsense(tmp_path: Path, db_url: str) -> None:
+def test_retention_commands_set_list_apply_and_refuse_nonsense(
+    tmp_path: Path, db_url: str, store_backend: str
+) -> None:
     assert "readings kept 400d" in ok(cli(tmp_path, db_url, "retention", "set", "water", "400d"))
     ok(cli(tmp_path, db_url, "retention", "set", "energy", "30d", "--aggregates", "1825d"))
     listed = ok(cli(tmp_path, db_url, "retention", "list", "--format", "csv"))
     assert listed.splitlines()[1:] == ["energy,30d,1825d", "water,400d,400d"]
-    assert "maintained (plain)" in ok(cli(tmp_path, db_url, "maintain"))
+    assert f"maintained ({store_backend})" in ok(cli(tmp_path, db_url, "maintain"))
     bad = cli(tmp_path, db_url, "retention", "set", "water", "forever")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "not a duration" in bad.stderr

@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import psycopg
@@ -14,8 +14,10 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from devices.registry import new_record
-from store.migrate import migrate
+from store.maintain import refresh_range, refresh_rollups
+from store.migrate import migrate, store_backend
 from store.registry import upsert_devices
+from store.schema import READINGS_TABLES
 from store.writer import InsertMode, ReadingsWriter, Row
 from tests.support.timescale import LocalTimescale
 
@@ -99,6 +101,62 @@ def timescale_schema(server: LocalTimescale) -> Iterator[Conn]:
             for name in {r[0] for r in conn.execute(schemas).fetchall()} - before:
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
             conn.execute("RESET search_path")
+
+
+def refresh_aggregates(conn: Conn) -> int:
+    """Every aggregate up to date now, on either backend, as the upkeep leaves them after a
+    day with no settle time: the plain rollups recomputed (returns the pieces), or each
+    type's continuous aggregates refreshed over its readings' range (returns the types)."""
+    if store_backend(conn) == "plain":
+        return refresh_rollups(conn, settle=timedelta(0))
+    refreshed = 0
+    for device_type, table in READINGS_TABLES.items():
+        span = conn.execute(
+            sql.SQL("SELECT min(time), max(time) FROM {}").format(sql.Identifier(table.name))
+        ).fetchone()
+        if span is not None and span[0] is not None:
+            refresh_range(conn, [device_type], span[0], span[1])
+            refreshed += 1
+    return refreshed
+
+
+def aggregate_watermark(conn: Conn, device_types: Sequence[str]) -> datetime | None:
+    """Below this reading time the 1-minute aggregates of `device_types` are stored, not
+    computed from raw rows at read time (the oldest of their watermarks)."""
+    if store_backend(conn) == "plain":
+        row = conn.execute(
+            "SELECT min(watermark) FROM rollup_state WHERE relation = ANY(%s)",
+            ([READINGS_TABLES[t].name for t in device_types],),
+        ).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT min(_timescaledb_functions.to_timestamp("
+            "_timescaledb_functions.cagg_watermark(mat_hypertable_id)))"
+            " FROM _timescaledb_catalog.continuous_agg WHERE user_view_name = ANY(%s)",
+            ([f"agg_1m_{t}" for t in device_types],),
+        ).fetchone()
+    return row[0] if row else None
+
+
+def ensure_partitions(conn: Conn, table: str, first: date, last: date) -> None:
+    """Create `table`'s partitions for the days [first, last] now, so that inserts in open
+    transactions do not wait on one another's: plain daily partitions as the writer makes
+    them, or TimescaleDB chunks (made by a row that is then deleted, committed at once)."""
+    if store_backend(conn) == "plain":
+        conn.execute(
+            "SELECT silobreak_ensure_partitions(%s, %s::date, %s::date)", (table, first, last)
+        )
+        return
+    days = [datetime.combine(first, time(), UTC) + timedelta(days=k)
+            for k in range((last - first).days + 1)]  # fmt: skip
+    with conn.transaction():
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (time, device_id, service) SELECT t, '', '' FROM unnest(%s) t"
+            ).format(sql.Identifier(table)),
+            (days,),
+        )
+        conn.execute(sql.SQL("DELETE FROM {} WHERE device_id = ''").format(sql.Identifier(table)))
 
 
 def fetch(conn: Conn, query: str, *params: Any) -> list[tuple[Any, ...]]:

@@ -17,7 +17,7 @@ from store.errors import MigrationError
 from store.migrate import Backend, migrate, migrations_for
 from store.registry import upsert_devices
 from store.sql_roles import ensure_roles
-from tests.store.store_helpers import NOW, write
+from tests.store.store_helpers import NOW, refresh_aggregates, write
 
 # The per-type migrations as they were written by hand for device catalog v1.
 V1_DIR = Path(__file__).parent / "ddl_v1"
@@ -53,7 +53,7 @@ def test_migrating_again_changes_nothing_and_the_catalog_is_recorded(db_url: str
 
 
 def test_a_v1_database_gains_the_new_types_and_then_has_a_fresh_databases_schema(
-    empty_db_url: str, db_url: str
+    empty_db_url: str, plain_db_url: str
 ) -> None:
     _migrate_as_v1(empty_db_url)
     with psycopg.connect(empty_db_url) as conn:
@@ -61,9 +61,14 @@ def test_a_v1_database_gains_the_new_types_and_then_has_a_fresh_databases_schema
     assert "public.readings_meter" in before
     assert "public.readings_noise_sensor" not in before
     applied = migrate(empty_db_url)
-    assert applied == ["0051_device_catalog", "device type noise_sensor", "device type parking_bay"]
+    assert applied == [
+        "0051_device_catalog",
+        "0052_job_status",
+        "device type noise_sensor",
+        "device type parking_bay",
+    ]
     assert migrate(empty_db_url) == []
-    with psycopg.connect(empty_db_url) as upgraded, psycopg.connect(db_url) as fresh:
+    with psycopg.connect(empty_db_url) as upgraded, psycopg.connect(plain_db_url) as fresh:
         got, want = _schema(upgraded), _schema(fresh)
     for part in want:
         assert got[part] == want[part], part
@@ -180,7 +185,8 @@ def test_a_type_whose_metrics_are_sql_key_words_is_created_written_and_read(
             "SELECT metric, value FROM readings WHERE device_id = %s ORDER BY value", (dev,)
         ).fetchall()
         assert rows == [("full", 1.0), ("order", 2.0), ("user", 3.0), ("left", 4.0), ("value", 5.0)]
-        conn.execute("SELECT silobreak_refresh_rollups('0 seconds')")
+        with activated(catalog):
+            refresh_aggregates(conn)
         hour = conn.execute(
             'SELECT "order_avg", user_count FROM agg_1h_odd_sensor WHERE device_id = %s', (dev,)
         ).fetchall()

@@ -14,10 +14,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from store.maintain import refresh_rollups, release_pooled
+from store.maintain import release_pooled
 from store.sql_roles import PLATFORM_ROLE, ensure_roles, role_for, scram_verifier
 from tests.grafana.city_day import grant
-from tests.store.store_helpers import NOW, city, readings, register, write
+from tests.store.store_helpers import NOW, city, readings, refresh_aggregates, register, write
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ def store(db_url: str, device_prefix: str) -> Iterator[Conn]:
         register(conn, city(device_prefix))
         conn.execute("UPDATE device_ownership SET valid_from = %s", (START - timedelta(days=1),))
         write(db_url, readings(device_prefix, START, 180))
-        refresh_rollups(conn, settle=timedelta(0))
+        refresh_aggregates(conn)
         ensure_roles(conn)
         yield conn
 

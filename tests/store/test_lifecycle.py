@@ -21,6 +21,7 @@ from store.lifecycle import (
     transfer,
 )
 from store.principals import add_principal, disable_principal
+from tests.store.store_helpers import ensure_partitions
 
 pytestmark = pytest.mark.integration
 
@@ -35,10 +36,7 @@ def conn(db_url: str) -> Iterator[psycopg.Connection[Any]]:
 
 
 def store_readings(conn: psycopg.Connection[Any], device_id: str, times: list[datetime]) -> None:
-    conn.execute(
-        "SELECT silobreak_ensure_partitions('readings_air_sensor', %s::date, %s::date)",
-        (min(times), max(times)),
-    )
+    ensure_partitions(conn, "readings_air_sensor", min(times).date(), max(times).date())
     conn.execute(
         "INSERT INTO readings_air_sensor (time, device_id, service, pm25)"
         " SELECT t, %s, 'environment', 1 FROM unnest(%s::timestamptz[]) AS t",

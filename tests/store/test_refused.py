@@ -215,8 +215,13 @@ def test_writer_sets_aside_the_refused_messages_and_commits_the_rest(
 @pytest.mark.parametrize(
     "mistake",
     [
-        # Every row refused alike, by the table, not by what a row holds.
-        "ALTER TABLE readings_air_sensor ADD COLUMN site text NOT NULL",
+        # Every row refused alike, by the table, not by what a row holds. Added with a
+        # default that is then dropped: TimescaleDB refuses a NOT NULL column without one
+        # on a hypertable with compression.
+        (
+            "ALTER TABLE readings_air_sensor ADD COLUMN site text NOT NULL DEFAULT 'x';"
+            " ALTER TABLE readings_air_sensor ALTER COLUMN site DROP DEFAULT"
+        ),
         # A guard that names no SQLSTATE says nothing about the rows.
         """CREATE FUNCTION guard() RETURNS trigger LANGUAGE plpgsql AS
            $$ BEGIN RAISE EXCEPTION 'readings are frozen'; END $$;

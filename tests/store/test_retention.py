@@ -18,12 +18,12 @@ DAYS = 40
 
 
 @pytest.fixture
-def conn(db_url: str, device_prefix: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-    with psycopg.connect(db_url, autocommit=True) as c:
+def conn(plain_db_url: str, device_prefix: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    with psycopg.connect(plain_db_url, autocommit=True) as c:
         register(c, city(device_prefix))
         # 40 days, a reading every 4 hours per device; rollups made for all of it.
         start = NOW - timedelta(days=DAYS)
-        write(db_url, readings(device_prefix, start, DAYS * 24 * 60, every=240))
+        write(plain_db_url, readings(device_prefix, start, DAYS * 24 * 60, every=240))
         maintain(c)
         yield c
 

@@ -18,16 +18,16 @@ START = NOW - timedelta(hours=2)
 
 
 def test_a_refresh_recomputes_only_what_changed_since_the_last(
-    db_url: str, device_prefix: str
+    plain_db_url: str, device_prefix: str
 ) -> None:
-    with psycopg.connect(db_url, autocommit=True) as conn:
+    with psycopg.connect(plain_db_url, autocommit=True) as conn:
         register(conn, city(device_prefix))
-        write(db_url, readings(device_prefix, START, 120))
+        write(plain_db_url, readings(device_prefix, START, 120))
         first = refresh_rollups(conn)
         assert first >= 7  # at least one piece per device
         assert refresh_rollups(conn) == 0  # nothing new
         dev = f"{device_prefix}air-2"
-        write(db_url, {"air_sensor": [(START + timedelta(minutes=61), dev, "environment",
+        write(plain_db_url, {"air_sensor": [(START + timedelta(minutes=61), dev, "environment",
                                        4.0, None, None, None, None, None)]})  # fmt: skip
         assert refresh_rollups(conn) == 1
         rows = fetch(
@@ -40,15 +40,17 @@ def test_a_refresh_recomputes_only_what_changed_since_the_last(
         assert rows == [(START + timedelta(minutes=61), 1)]
 
 
-def test_a_metric_filled_in_later_reaches_the_rollups(db_url: str, device_prefix: str) -> None:
+def test_a_metric_filled_in_later_reaches_the_rollups(
+    plain_db_url: str, device_prefix: str
+) -> None:
     dev = f"{device_prefix}lamp-1"
     at = START + timedelta(minutes=3)
-    with psycopg.connect(db_url, autocommit=True) as conn:
+    with psycopg.connect(plain_db_url, autocommit=True) as conn:
         register(conn, city(device_prefix))
-        write(db_url, {"streetlight": [(at, dev, "lighting", 1, None, None)]})
+        write(plain_db_url, {"streetlight": [(at, dev, "lighting", 1, None, None)]})
         maintain(conn)
         # Same device and time again with a metric the first message lacked: merged in.
-        write(db_url, {"streetlight": [(at, dev, "lighting", 0, 30.0, None)]})
+        write(plain_db_url, {"streetlight": [(at, dev, "lighting", 0, 30.0, None)]})
         maintain(conn)
         sel = Selection("streetlight", ("lamp_on", "dim_level"), device_ids=(dev,))
         got = StoreReader(conn).buckets(sel, at, at + timedelta(minutes=1), timedelta(minutes=1))
@@ -58,10 +60,10 @@ def test_a_metric_filled_in_later_reaches_the_rollups(db_url: str, device_prefix
     }
 
 
-def test_views_read_raw_rows_above_the_watermark(db_url: str, device_prefix: str) -> None:
+def test_views_read_raw_rows_above_the_watermark(plain_db_url: str, device_prefix: str) -> None:
     dev = f"{device_prefix}air-1"
     sel = Selection("air_sensor", ("pm25",), device_ids=(dev,))
-    with psycopg.connect(db_url, autocommit=True) as conn:
+    with psycopg.connect(plain_db_url, autocommit=True) as conn:
         register(conn, city(device_prefix))
         maintain(conn)
         ((watermark,),) = fetch(
@@ -69,20 +71,22 @@ def test_views_read_raw_rows_above_the_watermark(db_url: str, device_prefix: str
         )
         assert NOW - timedelta(minutes=5) < watermark  # settle (2 min) before the refresh
         fresh = watermark + timedelta(seconds=30)
-        write(db_url, {"air_sensor": [(fresh, dev, "environment", 8.5, *[None] * 5)]})
+        write(plain_db_url, {"air_sensor": [(fresh, dev, "environment", 8.5, *[None] * 5)]})
         # Not refreshed yet, but above the watermark: aggregated from the raw row.
         got = StoreReader(conn).buckets(sel, fresh, fresh, timedelta(minutes=1))
         assert [(b.avg, b.count) for b in got] == [(8.5, 1)]
         assert fetch(conn, "SELECT count(*) FROM rollup_1m_air_sensor") == [(0,)]
 
 
-def test_a_second_maintainer_skips_what_the_first_holds(db_url: str, device_prefix: str) -> None:
+def test_a_second_maintainer_skips_what_the_first_holds(
+    plain_db_url: str, device_prefix: str
+) -> None:
     with (
-        psycopg.connect(db_url, autocommit=True) as first,
-        psycopg.connect(db_url, autocommit=True) as second,
+        psycopg.connect(plain_db_url, autocommit=True) as first,
+        psycopg.connect(plain_db_url, autocommit=True) as second,
     ):
         register(first, city(device_prefix))
-        write(db_url, readings(device_prefix, START, 30))
+        write(plain_db_url, readings(device_prefix, START, 30))
         first.execute("SELECT pg_advisory_lock(%s, hashtext('readings_meter'))", (0x51_10,))
         pieces = refresh_rollups(second)
         assert fetch(second, "SELECT count(*) FROM rollup_1m_meter") == [(0,)]

@@ -1,14 +1,18 @@
-"""The store's TimescaleDB path on a real TimescaleDB 2.23 (PGlite, tests/support/timescale).
+"""The store's TimescaleDB path on a real TimescaleDB.
 
 Its migrations, policies and jobs, and the read interface: the same readings give the same
-answers as on plain PostgreSQL. One server for the module; each test migrates a schema of its
-own. Writes use the writer's `unnest` mode: the server has no COPY FROM STDIN.
+answers as on plain PostgreSQL. The server is the session's PostgreSQL when it has TimescaleDB
+(each test a database of its own, as every other test), else PGlite's TimescaleDB 2.23
+(tests/support/timescale: one server for the module, each test a schema of its own, writes in
+the writer's `unnest` mode since it has no COPY FROM STDIN). docs/timescale-testing.md.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -17,9 +21,11 @@ import pytest
 
 from devices.catalog import DEVICE_TYPES
 from silobreak.backfill import backfill
-from store.maintain import maintain, refresh_range, run_jobs, set_policy
+from store.maintain import failed_jobs, maintain, refresh_range, run_jobs, set_policy
+from store.migrate import Backend
 from store.read import Selection
 from store.reader import StoreReader
+from store.writer import InsertMode
 from tests.store.store_helpers import (
     NOW,
     Conn,
@@ -36,19 +42,51 @@ pytestmark = pytest.mark.integration
 
 TYPES = tuple(DEVICE_TYPES)
 START = NOW - timedelta(hours=3)
+# TimescaleDB's scheduler starts a job due now within a second here; a loaded CI machine is
+# much slower.
+SCHEDULER_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class TimescaleStore:
+    """A migrated TimescaleDB store of one test: where it is and how to write to it."""
+
+    url: str
+    conn: Conn
+    mode: InsertMode
 
 
 @pytest.fixture(scope="module")
-def timescale() -> Iterator[LocalTimescale]:
+def pglite(store_backend: Backend) -> Iterator[LocalTimescale | None]:
+    """PGlite's TimescaleDB, unless the session's PostgreSQL is TimescaleDB itself (None)."""
+    if store_backend == "timescale":
+        yield None
+        return
     with LocalTimescale() as server:
         assert server.create_extension().startswith("2.23")
         yield server
 
 
 @pytest.fixture
-def ts(timescale: LocalTimescale) -> Iterator[Conn]:
-    with timescale_schema(timescale) as conn:
-        yield conn
+def tsdb(pglite: LocalTimescale | None, request: pytest.FixtureRequest) -> Iterator[TimescaleStore]:
+    if pglite is not None:
+        with timescale_schema(pglite) as conn:
+            yield TimescaleStore(pglite.url, conn, "unnest")
+        return
+    url = request.getfixturevalue("db_url")
+    with psycopg.connect(url, autocommit=True) as conn:
+        # These tests run each job themselves and count what it did: the server's scheduler
+        # must not run them in between (the platform does not rely on it: docs/store.md).
+        conn.execute(
+            "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs"
+            " WHERE hypertable_schema = current_schema() OR proc_schema = current_schema()"
+        )
+        yield TimescaleStore(url, conn, "copy")
+
+
+@pytest.fixture
+def ts(tsdb: TimescaleStore) -> Conn:
+    return tsdb.conn
 
 
 def answers(conn: psycopg.Connection[Any], prefix: str) -> dict[str, Any]:
@@ -118,12 +156,12 @@ def test_migrations_make_hypertables_aggregates_and_their_policies(ts: Conn) -> 
     assert settings == [("device_id,service", '"time" DESC')]
 
 
-def test_each_job_does_its_work_when_run(ts: Conn, timescale: LocalTimescale) -> None:
+def test_each_job_does_its_work_when_run(ts: Conn, tsdb: TimescaleStore) -> None:
     prefix = "jobs-"
     register(ts, city(prefix))
     # 12 days of meters (energy and water share chunks) and streetlights, every 2 hours.
     old = readings(prefix, NOW - timedelta(days=12), 12 * 24 * 60, every=120)
-    write(timescale.url, {"meter": old["meter"], "streetlight": old["streetlight"]}, mode="unnest")
+    write(tsdb.url, {"meter": old["meter"], "streetlight": old["streetlight"]}, mode=tsdb.mode)
     materialized = "SELECT count(*) FROM {} WHERE device_id LIKE 'jobs-%%'"
     hyper = _materialization(ts, "agg_1h_meter")
     assert fetch(ts, materialized.format(hyper)) == [(0,)]
@@ -154,15 +192,15 @@ def test_each_job_does_its_work_when_run(ts: Conn, timescale: LocalTimescale) ->
 
 
 def test_same_readings_give_the_same_answers_on_both_backends(
-    ts: Conn, timescale: LocalTimescale, db_url: str
+    ts: Conn, tsdb: TimescaleStore, plain_db_url: str
 ) -> None:
     prefix = "same-"
     data = readings(prefix, START, 3 * 60 + 50)
-    with psycopg.connect(db_url, autocommit=True) as plain:
+    with psycopg.connect(plain_db_url, autocommit=True) as plain:
         register(plain, city(prefix))
         register(ts, city(prefix))
-        write(db_url, data)
-        write(timescale.url, data, mode="unnest")
+        write(plain_db_url, data)
+        write(tsdb.url, data, mode=tsdb.mode)
         # Nothing materialized yet: both aggregate from raw rows at read time.
         realtime = answers(plain, prefix)
         assert realtime == answers(ts, prefix)
@@ -176,7 +214,7 @@ def test_same_readings_give_the_same_answers_on_both_backends(
 
 
 def test_a_late_reading_changes_its_hour_after_refresh_on_both_backends(
-    ts: Conn, timescale: LocalTimescale, db_url: str
+    ts: Conn, tsdb: TimescaleStore, plain_db_url: str
 ) -> None:
     prefix = "late-"
     data = {"air_sensor": readings(prefix, START, 3 * 60)["air_sensor"]}
@@ -187,8 +225,8 @@ def test_a_late_reading_changes_its_hour_after_refresh_on_both_backends(
     # backfill does) reaches it.
     older = START - timedelta(days=20)
     very_late = {"air_sensor": [(older, f"{prefix}air-1", "environment", 7.0, *[None] * 5)]}
-    with psycopg.connect(db_url, autocommit=True) as plain:
-        for conn, url, mode in ((plain, db_url, "copy"), (ts, timescale.url, "unnest")):
+    with psycopg.connect(plain_db_url, autocommit=True) as plain:
+        for conn, url, mode in ((plain, plain_db_url, "copy"), (ts, tsdb.url, tsdb.mode)):
             register(conn, city(prefix))
             write(url, data, mode=mode)  # type: ignore[arg-type]
             maintain(conn)
@@ -238,7 +276,7 @@ def _materialized_count(conn: Conn, hour: Any) -> int:
 
 
 def test_a_backfill_of_an_old_month_refreshes_its_aggregates(
-    ts: Conn, timescale: LocalTimescale
+    ts: Conn, tsdb: TimescaleStore
 ) -> None:
     prefix = "bulk-"
     register(ts, city(prefix))
@@ -253,7 +291,7 @@ def test_a_backfill_of_an_old_month_refreshes_its_aggregates(
         )
         for k in range(8)
     ]
-    report = backfill(timescale.url, messages, insert_mode="unnest")
+    report = backfill(tsdb.url, messages, insert_mode=tsdb.mode)
     assert (report.stored, dict(report.rejected)) == (7, {"schema_violation": 1})
     hourly = fetch(
         ts,
@@ -262,8 +300,51 @@ def test_a_backfill_of_an_old_month_refreshes_its_aggregates(
     assert hourly == [(old, 4), (old + timedelta(hours=1), 3)]  # materialized, not real-time
 
 
+def test_a_backfill_whose_readings_all_fall_on_one_hour_boundary_refreshes_that_hour(
+    ts: Conn, tsdb: TimescaleStore
+) -> None:
+    prefix = "edge-"
+    register(ts, city(prefix))
+    at = NOW - timedelta(days=30)  # a whole hour, older than the policies' window
+    messages = [
+        (
+            f"devices/{prefix}meter-w/telemetry",
+            f'{{"ts": "{at.isoformat()}", "metrics": {{"index": 3, "flow": 0.5}}}}'.encode(),
+            "test:1",
+        )
+    ]
+    report = backfill(tsdb.url, messages, insert_mode=tsdb.mode)
+    assert report.stored == 1
+    hourly = fetch(ts, f"SELECT bucket, index_count FROM {_materialization(ts, 'agg_1h_meter')}")
+    assert hourly == [(at, 1)]
+
+
+def test_a_job_the_scheduler_failed_is_reported_by_maintain(
+    ts: Conn, pglite: LocalTimescale | None
+) -> None:
+    if pglite is not None:
+        pytest.skip("PGlite runs no background jobs; a server with TimescaleDB's scheduler does")
+    ts.execute(
+        "CREATE PROCEDURE broken_job(job_id int, config jsonb) LANGUAGE plpgsql"
+        " AS $$ BEGIN RAISE EXCEPTION 'broken on purpose'; END $$"
+    )
+    row = ts.execute("SELECT add_job('broken_job', '1 hour', initial_start => now())").fetchone()
+    assert row is not None
+    job_id = int(row[0])
+    # A database copied from a template has no scheduler until one is started for it.
+    ts.execute("SELECT _timescaledb_functions.start_background_workers()")
+    deadline = time.monotonic() + SCHEDULER_TIMEOUT_S
+    while not [j for j in failed_jobs(ts) if j.job_id == job_id]:
+        assert time.monotonic() < deadline, "the scheduler did not run the job"
+        time.sleep(0.1)
+    report = maintain(ts, retention=False, compression=False)
+    (failed,) = [j for j in report.failed_jobs if j.job_id == job_id]
+    assert (failed.job, failed.failures) == ("broken_job", 1)
+    assert failed.error is not None and "broken on purpose" in failed.error
+
+
 def test_sound_levels_average_as_energy_on_both_backends(
-    ts: Conn, timescale: LocalTimescale, db_url: str
+    ts: Conn, tsdb: TimescaleStore, plain_db_url: str
 ) -> None:
     prefix = "noise-"
     dev = f"{prefix}n1"
@@ -281,11 +362,11 @@ def test_sound_levels_average_as_energy_on_both_backends(
         "SELECT avg, count, sum FROM (SELECT bucket, laeq_avg AS avg, laeq_count AS count,"
         " laeq_sum AS sum FROM {} WHERE device_id = %s) a ORDER BY bucket"
     )
-    with psycopg.connect(db_url, autocommit=True) as plain:
+    with psycopg.connect(plain_db_url, autocommit=True) as plain:
         for conn in (plain, ts):
             register(conn, [(dev, "noise_sensor", "environment", "north")])
-        write(db_url, {"noise_sensor": rows})
-        write(timescale.url, {"noise_sensor": rows}, mode="unnest")
+        write(plain_db_url, {"noise_sensor": rows})
+        write(tsdb.url, {"noise_sensor": rows}, mode=tsdb.mode)
         for refresh in (False, True):  # real-time from raw rows, then materialized
             if refresh:
                 maintain(plain)

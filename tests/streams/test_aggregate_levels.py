@@ -14,10 +14,10 @@ import psycopg
 import pytest
 
 from store import query as store_query
-from store.maintain import refresh_rollups
 from streams import grants
 from streams.aggregate import AggregateKey, aggregates, key_of
 from streams.scope import narrow
+from tests.store.store_helpers import aggregate_watermark, refresh_aggregates
 from tests.streams.conftest import Town
 
 pytestmark = pytest.mark.integration
@@ -119,12 +119,9 @@ def test_aggregate_views_answer_exactly_as_raw_rows(town: Town) -> None:
 
     compare()  # nothing refreshed: the views aggregate raw rows at read time
     with psycopg.connect(town.db_url, autocommit=True) as conn:
-        assert refresh_rollups(conn, settle=timedelta(0)) > 0
-        row = conn.execute(
-            "SELECT min(watermark) FROM rollup_state"
-            " WHERE relation IN ('readings_streetlight', 'readings_meter')"
-        ).fetchone()
-        assert row is not None and row[0] > END  # the whole range now comes from the rollups
+        assert refresh_aggregates(conn) > 0
+        watermark = aggregate_watermark(conn, ("streetlight", "meter"))
+        assert watermark is not None and watermark > END  # the whole range is stored now
     compare()
 
 
@@ -133,7 +130,7 @@ def test_released_pools_hold_what_every_level_computes(town: Town) -> None:
     cases = [("energy", "meter", "1m", 5), ("energy", "meter", "1h", 5),
              ("energy", "meter", "15m", 3), ("lighting", "streetlight", "1h", 1)]  # fmt: skip
     with psycopg.connect(town.db_url, autocommit=True) as conn:
-        refresh_rollups(conn, settle=timedelta(0))
+        refresh_aggregates(conn)
     for owner, device_type, interval, min_pool in cases:
         g = town.grant(owner, consumer="planning", device_types=[device_type],
                        granularity="aggregate", interval=interval, pool="district")  # fmt: skip

@@ -10,6 +10,7 @@ import pytest
 from devices.registry import new_record
 from store.registry import upsert_devices
 from streams import cursor
+from tests.store.store_helpers import ensure_partitions
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +48,8 @@ def test_rows_committed_out_of_order_are_each_seen_exactly_once(
         psycopg.connect(db_url) as slow,
         psycopg.connect(db_url) as fast,
     ):
-        reader.execute("SELECT silobreak_ensure_partitions('readings_traffic_light', %s, %s)",
-                       ((t - timedelta(days=2)).date(), t.date()))  # fmt: skip
+        days = ((t - timedelta(days=2)).date(), t.date())
+        ensure_partitions(reader, "readings_traffic_light", *days)
         cur0 = snapshot(reader)
         slow.execute(insert, (t, f"{p}tl"))  # starts first (lower xid), commits last
         fast.execute(insert, (t + timedelta(seconds=1), f"{p}tl"))

@@ -10,7 +10,7 @@ import pytest
 
 from devices.registry import new_record
 from store.lifecycle import register_devices
-from store.maintain import refresh_rollups
+from tests.store.store_helpers import refresh_aggregates
 from tests.streams.conftest import ACTOR, Town
 from tests.streams.test_aggregate_levels import pages
 
@@ -37,7 +37,7 @@ def test_an_aggregate_grant_averages_sound_levels_as_energy_from_raw_rows_and_le
         ],
     )
     with psycopg.connect(town.db_url, autocommit=True) as conn:
-        refresh_rollups(conn)
+        refresh_aggregates(conn)
     grant = town.grant(
         "environment", consumer="planning", device_types=["noise_sensor"], metrics=["laeq"],
         granularity="aggregate", interval="1h", pool="device",
