@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
@@ -221,23 +222,32 @@ def test_a_device_that_vanishes_is_marked_offline_by_its_last_will(
         subscriber.close()
 
 
-def test_an_offline_device_keeps_only_its_newest_readings_when_its_buffer_is_full() -> None:
-    selector = selectors.DefaultSelector()
-    link = Link(
-        client_id="fw-buffer-0001",
-        device_ids=("fw-buffer-0001",),
+def _offline_link(
+    device_id: str, selector: selectors.BaseSelector, *, capacity: int, **options: Any
+) -> Link:
+    """A one-device link to a broker that is not there (nothing is sent): its buffer and its
+    answers to PUBACKs are driven by hand."""
+    return Link(
+        client_id=device_id,
+        device_ids=(device_id,),
         broker=parse_broker_url("mqtt://127.0.0.1:1"),
         username=None,
         password=None,
         selector=selector,
         keepalive=60,
         inflight=20,
-        capacity=3,
+        capacity=capacity,
         will=None,
         on_lost=lambda _link: None,
         online=lambda: b"{}",
         pending_writes=set(),
+        **options,
     )
+
+
+def test_an_offline_device_keeps_only_its_newest_readings_when_its_buffer_is_full() -> None:
+    selector = selectors.DefaultSelector()
+    link = _offline_link("fw-buffer-0001", selector, capacity=3)
     for n in range(5):
         link.send("devices/fw-buffer-0001/telemetry", b"%d" % n)
     assert [payload for _, payload in link.backlog] == [b"2", b"3", b"4"]
@@ -408,22 +418,8 @@ def test_over_mqtt_3_1_1_the_broker_acknowledges_what_no_subscriber_took_and_it_
 def test_unrouted_telemetry_goes_back_to_the_front_of_the_buffer_in_the_order_it_was_sent() -> None:
     selector = selectors.DefaultSelector()
     holds: list[Link] = []
-    link = Link(
-        client_id="fw-unrouted-0001",
-        device_ids=("fw-unrouted-0001",),
-        broker=parse_broker_url("mqtt://127.0.0.1:1"),
-        username=None,
-        password=None,
-        selector=selector,
-        keepalive=60,
-        inflight=20,
-        capacity=4,
-        will=None,
-        on_lost=lambda _link: None,
-        online=lambda: b"{}",
-        pending_writes=set(),
-        mqtt_version="5",
-        on_hold=holds.append,
+    link = _offline_link(
+        "fw-unrouted-0001", selector, capacity=4, mqtt_version="5", on_hold=holds.append
     )
     telemetry = "devices/fw-unrouted-0001/telemetry"
     unrouted = ReasonCode(PacketTypes.PUBACK, identifier=NO_MATCHING_SUBSCRIBERS)
@@ -463,22 +459,7 @@ def test_unrouted_telemetry_goes_back_to_the_front_of_the_buffer_in_the_order_it
 
 def test_a_message_the_broker_refuses_is_counted_as_refused_not_published() -> None:
     selector = selectors.DefaultSelector()
-    link = Link(
-        client_id="fw-refused-0001",
-        device_ids=("fw-refused-0001",),
-        broker=parse_broker_url("mqtt://127.0.0.1:1"),
-        username=None,
-        password=None,
-        selector=selector,
-        keepalive=60,
-        inflight=20,
-        capacity=4,
-        will=None,
-        on_lost=lambda _link: None,
-        online=lambda: b"{}",
-        pending_writes=set(),
-        mqtt_version="5",
-    )
+    link = _offline_link("fw-refused-0001", selector, capacity=4, mqtt_version="5")
     telemetry = "devices/fw-refused-0001/telemetry"
     answers = [NOT_AUTHORIZED, QUOTA_EXCEEDED, 0, NOT_AUTHORIZED]
     topics = [telemetry, telemetry, telemetry, "devices/fw-refused-0001/events"]
