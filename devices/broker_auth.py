@@ -68,7 +68,8 @@ def check_principal(kind: str, name: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class PrincipalAccount:
-    """A principal's broker account and, for a service, the devices it owns now."""
+    """A principal's broker account and its devices now: for a service, the ones it owns; for
+    a coordinator, its organisation's."""
 
     name: str
     kind: str
@@ -145,7 +146,12 @@ def _principal_topics(p: PrincipalAccount) -> list[tuple[str, str]]:
         return list(COMPONENT_TOPICS.get(p.name, ()))
     own = [("read", f"{DELIVERIES}/{p.name}/#")]
     if p.kind == COORDINATOR:
-        return [*own, ("read", "devices/#")]
+        # Its organisation's devices, one line each: never another organisation's topics.
+        return own + [
+            ("read", f"devices/{d}/#")
+            for d in p.owned_devices
+            if DEVICE_ID_RE.fullmatch(d) is not None
+        ]
     if p.kind == SERVICE:
         # A service commands its own devices and nobody else's. One line per device: Mosquitto
         # scans a user's lines only for that user's own publishes and deliveries.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from typing import Any
 
 from devices.errors import DevicesError, RegistryImportError
@@ -40,7 +41,7 @@ def parse_geojson(text: str) -> list[DeviceRecord]:
     first: dict[str, int] = {}
     for n, feature in enumerate(features, start=1):
         try:
-            rec = _feature_record(feature)
+            rec = replace(_feature_record(feature), source_line=n)
         except (DevicesError, ValueError) as exc:
             problems.append((n, str(exc)))
             continue

@@ -8,7 +8,7 @@ import io
 import math
 import unicodedata
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
 from typing import Final
@@ -43,6 +43,8 @@ class DeviceRecord:
     # None takes the type's default (household meters carry personal data).
     personal_data: bool | None = None
     attributes: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    # Where an imported record came from (CSV line, GeoJSON feature), for error messages.
+    source_line: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         problem = record_problem(self)
@@ -135,7 +137,7 @@ def parse_csv(text: str) -> list[DeviceRecord]:
     for row in reader:
         line = reader.line_num
         try:
-            rec = _row_record(row)
+            rec = replace(_row_record(row), source_line=line)
         except (DevicesError, ValueError) as exc:
             problems.append((line, str(exc)))
             continue

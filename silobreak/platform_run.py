@@ -116,7 +116,7 @@ async def _demo_grant(settings: Settings) -> int:
         interval_s=None, pool=None, min_devices=None, purpose="demo: NO2 against traffic",
         expires_at=datetime.now(UTC) + _DEMO_GRANT_FOR,
     )  # fmt: skip
-    owner = Caller("mobility", "service", DEMO_ACTOR)
+    owner = Caller("mobility", "service", DEMO_ACTOR, organisation="city")
     async with await psycopg.AsyncConnection.connect(
         settings.database_url, autocommit=True
     ) as conn:

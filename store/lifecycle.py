@@ -11,12 +11,13 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from devices.broker_auth import SERVICE, BrokerAuth, PrincipalAccount
+from devices.broker_auth import COORDINATOR, SERVICE, BrokerAuth, PrincipalAccount
 from devices.credentials import broker_hash, new_secret
 from devices.registry import DeviceRecord
 from devices.topics import SERVICE_RE
 from store import audit
 from store.errors import StoreError
+from store.organisations import claim_devices, resolve_organisation
 from store.registry import BEGINNING, upsert_devices
 from store.schema import READINGS_TABLES
 
@@ -39,6 +40,8 @@ SELECT d.device_id, d.device_type, d.service, d.district, d.lat, d.lon, d.medium
 FROM devices d LEFT JOIN device_credentials c USING (device_id)
 WHERE (%(id)s::text IS NULL OR d.device_id = %(id)s)
   AND (%(service)s::text IS NULL OR d.service = %(service)s)
+  AND (%(org)s::text IS NULL
+       OR d.service IN (SELECT name FROM services WHERE organisation = %(org)s))
   AND (%(type)s::text IS NULL OR d.device_type = %(type)s)
   AND (%(district)s::text IS NULL OR d.district = %(district)s)
   AND (%(lifecycle)s::text IS NULL OR d.lifecycle = %(lifecycle)s)
@@ -77,10 +80,12 @@ class DeviceFilter:
     after: str | None = None  # keyset paging: device ids after this one
     limit: int = 1000
     device_id: str | None = None
+    organisation: str | None = None  # only the devices of this organisation's services
 
     def params(self) -> dict[str, Any]:
         return {
             "id": self.device_id,
+            "org": self.organisation,
             "service": self.service,
             "type": self.device_type,
             "district": self.district,
@@ -124,14 +129,18 @@ def register_devices(
     *,
     actor: str,
     deliver: Callable[[dict[str, str]], None] | None = None,
+    organisation: str | None = None,
 ) -> Registration:
     """Register or update devices and give a secret to each one that has no live credential.
 
     One transaction for the whole batch. `deliver(secrets)` runs before the commit: when it
-    raises (the secrets file cannot be written), nothing is registered.
+    raises (the secrets file cannot be written), nothing is registered. The devices are
+    `organisation`'s (the only one's when None and there is one): a line naming another
+    organisation's service or device id refuses the whole batch.
     """
     ids = [r.device_id for r in records]
     with conn.transaction():
+        claim_devices(conn, records, resolve_organisation(conn, organisation))
         live = {
             row[0]
             for row in conn.execute(
@@ -359,17 +368,24 @@ def load_broker_auth(conn: psycopg.Connection[Any]) -> BrokerAuth:
         " WHERE c.revoked_at IS NULL AND d.lifecycle = 'active' ORDER BY c.device_id"
     ).fetchall()
     owned: dict[str, list[str]] = {}
-    for device_id, service in conn.execute(
-        "SELECT device_id, service FROM devices WHERE lifecycle = 'active' ORDER BY device_id"
+    in_org: dict[str, list[str]] = {}
+    for device_id, service, org in conn.execute(
+        "SELECT d.device_id, d.service, s.organisation FROM devices d"
+        " JOIN services s ON s.name = d.service"
+        " WHERE d.lifecycle = 'active' ORDER BY d.device_id"
     ):
         owned.setdefault(service, []).append(device_id)
-    principals = [
-        PrincipalAccount(name, kind, hash_, owned.get(name, []) if kind == SERVICE else ())
-        for name, kind, hash_ in conn.execute(
-            "SELECT name, kind, broker_hash FROM principals"
-            " WHERE disabled_at IS NULL AND broker_hash IS NOT NULL ORDER BY kind, name"
+        in_org.setdefault(org, []).append(device_id)
+    # A service's devices are the ones it owns; a coordinator's, its organisation's.
+    principals = []
+    for name, kind, hash_, org in conn.execute(
+        "SELECT name, kind, broker_hash, organisation FROM principals"
+        " WHERE disabled_at IS NULL AND broker_hash IS NOT NULL ORDER BY kind, name"
+    ):
+        mine = owned if kind == SERVICE else in_org if kind == COORDINATOR else {}
+        principals.append(
+            PrincipalAccount(name, kind, hash_, mine.get(name if kind == SERVICE else org, []))
         )
-    ]
     return BrokerAuth(devices=[(d, h) for d, h in devices], principals=principals)
 
 

@@ -53,12 +53,18 @@ def migrations_for(backend: Backend, types: Sequence[DeviceType] | None = None) 
 
 
 def migrate(
-    conninfo: str, *, backend: BackendChoice = "auto", catalog: Catalog | None = None
+    conninfo: str,
+    *,
+    backend: BackendChoice = "auto",
+    catalog: Catalog | None = None,
+    until: int | None = None,
 ) -> list[str]:
     """Apply the pending migrations, then create what the catalog's new device types need and
     record the catalog; returns what was applied (empty when up to date).
 
     `catalog` is the active one by default (the shipped catalog and SILOBREAK_CATALOG's types).
+    `until` stops after that migration version (a database as an older release left it, to
+    test the migrations that follow on it).
     """
     wanted = active() if catalog is None else catalog
     try:
@@ -73,7 +79,13 @@ def migrate(
             if have is not None:
                 check_compatible(have, wanted)
             types = list(wanted.types.values()) if have is None else have
-            applied = _apply(conn, chosen, types)
+            applied = _apply(conn, chosen, types, until)
+            if until is not None:
+                # Its tables were made for `types`: recorded, as that release would have.
+                table = conn.execute("SELECT to_regclass('device_catalog')").fetchone()
+                if have is None and table is not None and table[0] is not None:
+                    record_catalog(conn, wanted)
+                return applied
             added = _add_types(conn, chosen, types, wanted)
             # A fresh database records its first catalog: nothing to say beyond the migrations.
             return applied + added if not applied or have is not None else applied
@@ -125,12 +137,15 @@ def _settle_backend(conn: psycopg.Connection[Any], wanted: BackendChoice) -> Bac
 
 
 def _apply(
-    conn: psycopg.Connection[Any], backend: Backend, types: Sequence[DeviceType]
+    conn: psycopg.Connection[Any],
+    backend: Backend,
+    types: Sequence[DeviceType],
+    until: int | None = None,
 ) -> list[str]:
     done = {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations").fetchall()}
     applied: list[str] = []
     for m in migrations_for(backend, types):
-        if m.version in done:
+        if m.version in done or (until is not None and m.version > until):
             continue
         label = f"{m.version:04d}_{m.name}"
         try:

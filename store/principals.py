@@ -8,14 +8,16 @@ from typing import Any, Final
 
 import psycopg
 
-from devices.broker_auth import COMPONENT, check_principal, principal_username
+from devices.broker_auth import COMPONENT, SERVICE, check_principal, principal_username
 from devices.credentials import broker_hash, new_secret, new_token, new_token_id, token_hash
 from devices.errors import DevicesError
 from store import audit
 from store.errors import StoreError
+from store.organisations import add_service, resolve_organisation
 
 _BY_HASH: Final = """
-SELECT t.token_id, t.principal, p.kind, t.expires_at, t.revoked_at, p.disabled_at
+SELECT t.token_id, t.principal, p.kind, t.expires_at, t.revoked_at, p.disabled_at,
+       p.organisation
 FROM api_tokens t JOIN principals p ON p.name = t.principal
 WHERE t.token_hash = %s
 """
@@ -32,6 +34,7 @@ class PrincipalError(StoreError):
 class PrincipalRow:
     name: str
     kind: str
+    organisation: str | None
     description: str
     broker_username: str
     created_at: datetime
@@ -69,43 +72,62 @@ class TokenRecord:
     expires_at: datetime
     revoked_at: datetime | None
     disabled_at: datetime | None
+    organisation: str | None
 
 
 def add_principal(
-    conn: psycopg.Connection[Any], name: str, kind: str, *, description: str = "", actor: str
+    conn: psycopg.Connection[Any],
+    name: str,
+    kind: str,
+    *,
+    organisation: str | None = None,
+    description: str = "",
+    actor: str,
 ) -> str:
-    """Create a principal with its broker account; returns the account's secret (shown once)."""
+    """Create a principal with its broker account; returns the account's secret (shown once).
+
+    Services, teams and coordinators belong to `organisation` (the only one when None and
+    there is one); components belong to none.
+    """
     try:
         check_principal(kind, name)
     except DevicesError as exc:
         raise PrincipalError(str(exc)) from None
     secret = new_secret()
     with conn.transaction():
+        org = None if kind == COMPONENT else resolve_organisation(conn, organisation)
+        if kind == COMPONENT and organisation is not None:
+            raise PrincipalError("a platform component belongs to no organisation")
+        if kind == SERVICE and org is not None:
+            add_service(conn, name, org)
         row = conn.execute(
-            "INSERT INTO principals (name, kind, description, broker_hash)"
-            " VALUES (%s, %s, %s, %s) ON CONFLICT (name) DO NOTHING RETURNING name",
-            (name, kind, description, broker_hash(secret)),
+            "INSERT INTO principals (name, kind, description, broker_hash, organisation)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING RETURNING name",
+            (name, kind, description, broker_hash(secret), org),
         ).fetchone()
         if row is None:
             raise PrincipalError(f"principal {name!r} already exists")
-        audit.record(conn, actor, "principal.add", name, {"kind": kind})
+        audit.record(conn, actor, "principal.add", name, {"kind": kind, "organisation": org})
     return secret
 
 
 def list_principals(
-    conn: psycopg.Connection[Any], *, kind: str | None = None
+    conn: psycopg.Connection[Any], *, kind: str | None = None, organisation: str | None = None
 ) -> list[PrincipalRow]:
     rows = conn.execute(
-        "SELECT p.name, p.kind, p.description, p.created_at, p.disabled_at,"
+        "SELECT p.name, p.kind, p.organisation, p.description, p.created_at, p.disabled_at,"
         " count(t.token_id) FILTER (WHERE t.revoked_at IS NULL AND t.expires_at > now())"
         " FROM principals p LEFT JOIN api_tokens t ON t.principal = p.name"
         " WHERE (%(k)s::text IS NULL OR p.kind = %(k)s)"
-        " GROUP BY p.name ORDER BY p.kind, p.name",
-        {"k": kind},
+        " AND (%(o)s::text IS NULL OR p.organisation = %(o)s)"
+        " GROUP BY p.name ORDER BY p.organisation NULLS FIRST, p.kind, p.name",
+        {"k": kind, "o": organisation},
     ).fetchall()
     return [
-        PrincipalRow(name, kind_, desc, principal_username(kind_, name), created, disabled, live)
-        for name, kind_, desc, created, disabled, live in rows
+        PrincipalRow(
+            name, kind_, org, desc, principal_username(kind_, name), created, disabled, live
+        )
+        for name, kind_, org, desc, created, disabled, live in rows
     ]
 
 

@@ -202,23 +202,34 @@ async def entries(
     conn: psycopg.AsyncConnection[Any],
     *,
     owner: str | None,
+    organisation: str | None = None,
     grant_id: int | None = None,
     subscription_id: str | None = None,
     action: str | None = None,
     before: int | None = None,
     limit: int = 100,
 ) -> list[Entry]:
-    """Newest first; `owner` None means every owner's (the coordinator's view)."""
+    """Newest first: `owner`'s data's, or (owner None) every entry a party of `organisation`
+    is in, owning or reading (a coordinator's view)."""
     cur = await conn.execute(
         "SELECT id, at, actor, action, owner, consumer, grant_id, subscription_id, readings,"
         " detail FROM audit_log"
         " WHERE (%(o)s::text IS NULL OR owner = %(o)s)"
+        " AND (%(org)s::text IS NULL OR owner_org = %(org)s OR consumer_org = %(org)s)"
         " AND (%(g)s::bigint IS NULL OR grant_id = %(g)s)"
         " AND (%(s)s::text IS NULL OR subscription_id = %(s)s)"
         " AND (%(a)s::text IS NULL OR action = %(a)s)"
         " AND (%(b)s::bigint IS NULL OR id < %(b)s)"
         " ORDER BY id DESC LIMIT %(n)s",
-        {"o": owner, "g": grant_id, "s": subscription_id, "a": action, "b": before, "n": limit},
+        {
+            "o": owner,
+            "org": organisation,
+            "g": grant_id,
+            "s": subscription_id,
+            "a": action,
+            "b": before,
+            "n": limit,
+        },
     )
     return [Entry(*row) for row in await cur.fetchall()]
 

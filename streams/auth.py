@@ -29,6 +29,8 @@ class Caller:
     principal: str
     kind: str
     token_id: str
+    # The organisation the caller belongs to (every caller with a token has one).
+    organisation: str | None = None
 
     @property
     def is_coordinator(self) -> bool:
@@ -60,7 +62,7 @@ async def authenticate(request: Request) -> Caller:
         raise _refuse("principal_disabled", f"principal {record.principal} is disabled")
     if record.expires_at <= datetime.now(UTC):
         raise _refuse("expired_token", f"token {record.token_id} expired")
-    return Caller(record.principal, record.kind, record.token_id)
+    return Caller(record.principal, record.kind, record.token_id, record.organisation)
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]

@@ -10,13 +10,14 @@ and acknowledges its position as it goes, so a restarted consumer resumes there 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
@@ -113,6 +114,8 @@ class Event:
     cursor: str
     phase: str
     readings: list[dict[str, Any]]
+    # The terms of the grant the readings come under (docs/organisations.md).
+    terms: dict[str, Any] = field(default_factory=dict)
 
 
 class StreamsClient:
@@ -155,6 +158,13 @@ class StreamsClient:
         result: dict[str, Any] = await self.request("POST", "/v1/grants", body=spec)
         return result
 
+    async def flows(self, days: int = 7, direction: str | None = None) -> list[dict[str, Any]]:
+        """A coordinator's data flows: readings per day and grant, in and out."""
+        result: list[dict[str, Any]] = await self.request(
+            "GET", "/v1/flows", params={"days": days, "direction": direction}
+        )
+        return result
+
     async def grant_odrl(self, grant_id: int) -> dict[str, Any]:
         """The grant as an ODRL 2.2 Agreement (JSON-LD)."""
         result: dict[str, Any] = await self.request("GET", f"/v1/grants/{grant_id}/odrl")
@@ -166,7 +176,7 @@ class StreamsClient:
         return result
 
     async def decide(self, grant_id: int, verb: str, note: str = "") -> dict[str, Any]:
-        """`verb`: approve, refuse or revoke."""
+        """`verb`: approve, accept, refuse or revoke."""
         result: dict[str, Any] = await self.request(
             "POST", f"/v1/grants/{grant_id}/{verb}", body={"note": note}
         )
@@ -203,29 +213,33 @@ class StreamsClient:
         if subscription_id is None:
             created = await self.create_subscription(delivery="sse", **spec)
             subscription_id = str(created["id"])
-        async for event in self.events(subscription_id, ack=ack):
-            for reading in event.readings:
-                yield reading
+        events = self.events(subscription_id, ack=ack)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                for reading in event.readings:
+                    yield reading
 
     async def events(
         self, subscription_id: str, *, cursor: str | None = None, ack: bool = True
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """SSE events; reconnects after a drop, resuming after the last event received."""
         last = cursor
         backoff = Backoff(RECONNECT)
         while True:
+            stream = self._stream(subscription_id, last)
             try:
-                async for event in self._stream(subscription_id, last):
-                    backoff.reset()
-                    yield event
-                    last = event.cursor
-                    if ack:
-                        await self.ack(subscription_id, last)
+                async with contextlib.aclosing(stream):
+                    async for event in stream:
+                        backoff.reset()
+                        yield event
+                        last = event.cursor
+                        if ack:
+                            await self.ack(subscription_id, last)
             except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
                 logger.info("subscription %s: %s; reconnecting", subscription_id, exc)
                 await backoff.sleep()
 
-    async def _stream(self, subscription_id: str, last: str | None) -> AsyncIterator[Event]:
+    async def _stream(self, subscription_id: str, last: str | None) -> AsyncGenerator[Event, None]:
         headers = {"Last-Event-ID": last} if last else {}
         timeout = httpx.Timeout(10.0, read=READ_TIMEOUT_S)
         path = f"/v1/subscriptions/{subscription_id}/events"
@@ -246,7 +260,7 @@ class StreamsClient:
                     raise SubscriptionEnded(json.loads(data or "{}").get("reason", "ended"))
                 if kind == "readings" and data is not None and event_id is not None:
                     body = json.loads(data)
-                    yield Event(event_id, body["phase"], body["readings"])
+                    yield Event(event_id, body["phase"], body["readings"], body.get("terms", {}))
         raise httpx.RemoteProtocolError("the server closed the event stream")
 
 

@@ -54,7 +54,8 @@ async def list_devices(
     after: Annotated[str | None, Query(description="the previous page's next_after")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
 ) -> DevicePage:
-    """Registered devices, filtered; a service sees its own devices, the coordinator all."""
+    """Registered devices, filtered; a service sees its own devices, a coordinator its
+    organisation's."""
     scope = _scope(caller.is_coordinator, caller.service, service, caller.principal)
     where = DeviceFilter(
         service=scope,
@@ -66,6 +67,7 @@ async def list_devices(
         unseen_since=unseen_since,
         after=after,
         limit=limit,
+        organisation=caller.organisation if caller.is_coordinator else None,
     )
     if scope is None and not caller.is_coordinator:
         return DevicePage(devices=[], next_after=None)  # owns no devices
@@ -79,10 +81,15 @@ async def list_devices(
 
 @router.get("/{device_id}", response_model=Device)
 async def get_device(request: Request, caller: CallerDep, device_id: str) -> Device:
-    """One device, if the caller's service owns it (or the caller is the coordinator)."""
+    """One device, if the caller's service owns it (or the caller is its organisation's
+    coordinator)."""
+    org = caller.organisation
     async with request.app.state.pool.connection() as conn:
-        rows = await find_devices_async(conn, DeviceFilter(device_id=device_id, limit=1))
+        rows = await find_devices_async(
+            conn, DeviceFilter(device_id=device_id, limit=1, organisation=org)
+        )
     if not rows:
+        # Another organisation's device is not there, as far as the caller can tell.
         raise ApiError(404, "unknown_device", f"no device {device_id!r} in the registry")
     if not caller.is_coordinator and rows[0].service != caller.service:
         raise forbidden("not_owner", f"device {device_id!r} belongs to another service")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
@@ -65,11 +65,11 @@ class StreamsConfig:
     )
 
 
-def encode_batch(sub_id: str, batch: Batch) -> bytes:
-    """The JSON body of a webhook or MQTT delivery."""
+def encode_batch(sub_id: str, batch: Batch, terms: Mapping[str, Any]) -> bytes:
+    """The JSON body of a webhook or MQTT delivery, with the terms of the grant it comes under."""
     return _ENCODER.encode(
         {"subscription": sub_id, "cursor": batch.cursor, "phase": batch.phase,
-         "readings": batch.readings}
+         "terms": terms, "readings": batch.readings}
     )  # fmt: skip
 
 
@@ -225,6 +225,7 @@ class Gateway:
             retry=self.config.webhook_retry,
         )  # fmt: skip
         feed = self.feed(grant, sub, at)
+        terms = grant.terms()
         pending = await sender.pending()
         if pending is not None:
             # Sent before a restart but never acknowledged: the same batch, the same key, on
@@ -243,7 +244,7 @@ class Gateway:
         async for batch in _batches(feed):
             if not batch.readings:
                 continue
-            body = encode_batch(sub.id, batch)
+            body = encode_batch(sub.id, batch, terms)
             seq = await sender.record(body, batch.cursor, len(batch.readings))
             event = delivery_event(grant, sub, batch)
             await sender.send(seq, body, batch.cursor, lambda: feed.closed, event)
@@ -269,6 +270,7 @@ class Gateway:
         mqtt = await self._mqtt_client()
         assert sub.topic is not None
         feed = self.feed(grant, sub, at)
+        terms = grant.terms()
         # The first batch of this run carries the position it resumed from: it may repeat
         # the readings of a batch the broker acknowledged just before the previous run ended,
         # whose cursor (and so whose record) never moved.
@@ -276,7 +278,7 @@ class Gateway:
         async for batch in _batches(feed):
             if not batch.readings:
                 continue
-            body = encode_batch(sub.id, batch)
+            body = encode_batch(sub.id, batch, terms)
             backoff = Backoff(MQTT_RETRY)
             while True:
                 if feed.closed is not None:

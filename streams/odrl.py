@@ -14,7 +14,7 @@ from typing import Any, Final
 from pyld import jsonld
 
 from streams.errors import ApiError, StreamsError
-from streams.grants import GrantSpec
+from streams.grants import MAX_ATTRIBUTION, MAX_DELETE_AFTER_DAYS, GrantSpec
 from streams.scope import AGGREGATE, POOL_DEVICE, POOL_DISTRICT, RAW, Grant
 
 logger = logging.getLogger(__name__)
@@ -38,8 +38,9 @@ _ACTIONS: Final = {
     "readPooled": (AGGREGATE, POOL_DISTRICT),
 }
 _TOP_KEYS: Final = frozenset(
-    {"@context", "@type", "uid", "assigner", "assignee", "target", "permission", "prohibition"}
-)
+    {"@context", "@type", "uid", "assigner", "assignee", "target", "permission", "prohibition",
+     "obligation"}
+)  # fmt: skip
 _TARGET_KEYS: Final = frozenset({"uid", "deviceType", "metric"})
 _RULE_KEYS: Final = frozenset({"action", "constraint"})
 _CONSTRAINT_KEYS: Final = frozenset({"leftOperand", "operator", "rightOperand"})
@@ -54,6 +55,13 @@ _OPERATORS: Final = {
 }
 _PRINCIPAL: Final = "urn:silobreak:principal:"
 _DURATION_RE: Final = re.compile(r"PT(\d{1,7})S")
+_DAYS_RE: Final = re.compile(r"P(\d{1,4})D")
+# Obligations (ODRL duties on the consumer): action -> (leftOperand, operator) of its one
+# constraint, and the grant's obligation it carries.
+_DUTIES: Final = {
+    "delete": ("elapsedTime", "lteq", "delete_after_days"),
+    "attribute": ("attributionText", "eq", "attribution"),
+}
 # The bounds of the grants API's body (routes_grants.GrantIn), so both doors take the same grants.
 _MAX_PURPOSE: Final = 2000
 _MAX_TYPES: Final = 200
@@ -116,7 +124,7 @@ def agreement(grant: Grant) -> dict[str, Any]:
         "permission": [{"action": action, "constraint": _constraints(grant)}],
         # Grants carry no onward-sharing right: a consumer never passes the data on.
         "prohibition": [{"action": "distribute"}],
-    }
+    } | ({"obligation": _duties(grant.obligations)} if grant.obligations else {})
 
 
 def grant_spec(doc: Any) -> GrantSpec:
@@ -137,6 +145,7 @@ def grant_spec(doc: Any) -> GrantSpec:
     consumer = _party(doc, "assignee")
     device_types, metrics = _target(doc.get("target"))
     _prohibitions(doc.get("prohibition"))
+    obligations = _read_duties(doc.get("obligation", []))
     rules = doc.get("permission")
     if not isinstance(rules, list) or len(rules) != 1 or not isinstance(rules[0], dict):
         raise _refuse("permission", "exactly one permission is expected")
@@ -163,6 +172,7 @@ def grant_spec(doc: Any) -> GrantSpec:
         min_devices=terms.get("minDevices"),
         purpose=terms["purpose"],
         expires_at=terms["dateTime"],
+        obligations=obligations,
     )
 
 
@@ -181,6 +191,65 @@ def _constraints(g: Grant) -> list[dict[str, Any]]:
     if g.min_devices is not None:
         found.append(_c("minDevices", "gteq", g.min_devices))
     return found
+
+
+def _duties(obligations: Mapping[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for action, (left, op, key) in _DUTIES.items():
+        if key not in obligations:
+            continue
+        value = obligations[key]
+        if key == "delete_after_days":
+            value = {"@value": f"P{value}D", "@type": "xsd:duration"}
+        out.append({"action": action, "constraint": [_c(left, op, value)]})
+    return out
+
+
+def _read_duties(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, list):
+        raise _refuse("obligation", "obligations are a list of duties")
+    found: dict[str, Any] = {}
+    for duty in raw:
+        if not isinstance(duty, dict):
+            raise _refuse("obligation", "each obligation is an object")
+        _only(duty, _RULE_KEYS, "obligation")
+        action = duty.get("action")
+        if not isinstance(action, str) or action not in _DUTIES:
+            raise _refuse(f"action {action!r}", f"obligations supported: {', '.join(_DUTIES)}")
+        left, op, key = _DUTIES[action]
+        constraint = duty.get("constraint")
+        if not isinstance(constraint, list) or len(constraint) != 1:
+            raise _refuse(f"obligation {action}", f"one constraint: {left} {op} ...")
+        item = constraint[0]
+        if not isinstance(item, dict):
+            raise _refuse(f"obligation {action}", "the constraint is an object")
+        _only(item, _CONSTRAINT_KEYS, "constraint")
+        if item.get("leftOperand") != left or item.get("operator") != op:
+            raise _refuse(f"obligation {action}", f"the constraint is {left} {op} ...")
+        if key in found:
+            raise _refuse(f"obligation {action}", "given twice")
+        found[key] = _duty_operand(action, item.get("rightOperand"))
+    return found
+
+
+def _duty_operand(action: str, right: Any) -> Any:
+    if action == "delete":
+        value = right.get("@value") if isinstance(right, dict) else None
+        match = _DAYS_RE.fullmatch(value) if isinstance(value, str) else None
+        if (
+            isinstance(right, dict)
+            and right.get("@type") == "xsd:duration"
+            and match is not None
+            and 1 <= int(match[1]) <= MAX_DELETE_AFTER_DAYS
+        ):
+            return int(match[1])
+        raise _refuse(
+            "rightOperand of elapsedTime",
+            f'{{"@value": "P<days>D", "@type": "xsd:duration"}}, 1 to {MAX_DELETE_AFTER_DAYS} days',
+        )
+    if isinstance(right, str) and 0 < len(right.strip()) <= MAX_ATTRIBUTION:
+        return right.strip()
+    raise _refuse("rightOperand of attributionText", f"a text of 1 to {MAX_ATTRIBUTION} chars")
 
 
 def _c(left: str, op: str, right: Any) -> dict[str, Any]:

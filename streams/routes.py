@@ -1,4 +1,5 @@
-"""Mount the streams routers (catalog, grants, subscriptions, history, audit) and the gateway."""
+"""Mount the streams routers (catalog, grants, subscriptions, history, audit, flows) and the
+gateway."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from fastapi import FastAPI
 from streams import (
     routes_audit,
     routes_catalog,
+    routes_flows,
     routes_grants,
     routes_history,
+    routes_regional,
     routes_subscriptions,
 )
 from streams.gateway import Gateway, StreamsConfig
@@ -21,7 +24,7 @@ from streams.gateway import Gateway, StreamsConfig
 def include_all(app: FastAPI, config: StreamsConfig) -> None:
     """Add the routers to `app`, and run a streams gateway for as long as the app runs."""
     for module in (routes_catalog, routes_grants, routes_subscriptions, routes_history,
-                   routes_audit):  # fmt: skip
+                   routes_audit, routes_flows, routes_regional):  # fmt: skip
         app.include_router(module.router)
     outer = app.router.lifespan_context
 

@@ -45,13 +45,17 @@ async def read_audit(
     before: Annotated[int | None, Query(ge=1, le=2**62)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> AuditPage:
-    """Who did what with whose data, newest first: an owner sees its data's, the coordinator all."""
+    """Who did what with whose data, newest first: an owner sees its data's, a coordinator
+    its organisation's."""
     if not caller.is_coordinator and caller.service is None:
         raise forbidden("not_owner", "the audit is read by owning services and the coordinator")
     owner = None if caller.is_coordinator else caller.service
+    org = caller.organisation if caller.is_coordinator else None
+    if owner is None and org is None:
+        raise forbidden("no_organisation", f"{caller.principal} belongs to no organisation")
     async with request.app.state.pool.connection() as conn:
         found = await audit.entries(
-            conn, owner=owner, grant_id=grant_id, subscription_id=subscription_id,
+            conn, owner=owner, organisation=org, grant_id=grant_id, subscription_id=subscription_id,
             action=action, before=before, limit=limit,
         )  # fmt: skip
     entries = [AuditEntry.model_validate(e, from_attributes=True) for e in found]

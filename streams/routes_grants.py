@@ -12,7 +12,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from devices.catalog import DEVICE_TYPES
 from streams import audit, grants, odrl
-from streams.auth import Caller, CallerDep, forbidden
+from streams.auth import CallerDep, forbidden
 from streams.gateway import GatewayDep
 from streams.scope import Grant
 
@@ -39,6 +39,19 @@ def _known_type(name: str) -> str:
 DeviceType = Annotated[str, Field(max_length=30), AfterValidator(_known_type)]
 
 
+class Obligations(BaseModel):
+    """What the consumer accepts to do with the data (carried with every delivery)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    delete_after_days: Annotated[
+        int | None, Field(ge=1, le=grants.MAX_DELETE_AFTER_DAYS, description="delete after")
+    ] = None
+    attribution: Annotated[
+        str | None, Field(min_length=1, max_length=grants.MAX_ATTRIBUTION, pattern=r"\S")
+    ] = None
+
+
 class GrantIn(BaseModel):
     """A grant (by the owning service) or a request for one (by the consumer)."""
 
@@ -59,6 +72,9 @@ class GrantIn(BaseModel):
     min_devices: Annotated[int | None, Field(ge=1, le=100_000)] = None
     purpose: Annotated[str, Field(min_length=1, max_length=2000, pattern=r"\S")]
     expires_at: AwareDatetime
+    obligations: Annotated[Obligations, Field(description="what the consumer must do")] = (
+        Obligations()
+    )
 
     @field_validator("interval")
     @classmethod
@@ -101,6 +117,16 @@ class GrantOut(BaseModel):
     decided_by: str | None
     decided_at: datetime | None
     note: str
+    owner_org: str
+    consumer_org: str
+    obligations: dict[str, Any]
+    redistribution: Literal["prohibited"] = "prohibited"
+    owner_approved_by: str | None
+    owner_approved_at: datetime | None
+    consumer_accepted_by: str | None
+    consumer_accepted_at: datetime | None
+    # A contract between two organisations: who has yet to sign it.
+    awaiting: list[Literal["owner_coordinator", "consumer_coordinator"]]
 
 
 class Decision(BaseModel):
@@ -130,6 +156,7 @@ async def create_grant(
         min_devices=body.min_devices,
         purpose=body.purpose.strip(),
         expires_at=body.expires_at,
+        obligations=body.obligations.model_dump(exclude_none=True),
     )
     async with request.app.state.pool.connection() as conn:
         grant = await grants.create(conn, caller, spec, min_pool=gateway.config.min_pool)
@@ -172,7 +199,7 @@ async def import_odrl(
 async def get_grant(request: Request, caller: CallerDep, grant_id: GrantId) -> GrantOut:
     async with request.app.state.pool.connection() as conn:
         grant = await grants.get(conn, grant_id)
-    _require_party(caller, grant)
+    grants.check_visible(caller, grant)
     return out(grant)
 
 
@@ -181,7 +208,7 @@ async def export_odrl(request: Request, caller: CallerDep, grant_id: GrantId) ->
     """The grant as an ODRL 2.2 Agreement (JSON-LD); the same readers as the grant itself."""
     async with request.app.state.pool.connection() as conn, conn.transaction():
         grant = await grants.get(conn, grant_id)
-        _require_party(caller, grant)
+        grants.check_visible(caller, grant)
         await audit.record(
             conn,
             audit.Event(
@@ -195,11 +222,21 @@ async def export_odrl(request: Request, caller: CallerDep, grant_id: GrantId) ->
 async def approve(
     request: Request, caller: CallerDep, gateway: GatewayDep, grant_id: GrantId, body: Decision
 ) -> GrantOut:
-    """The owner approves a requested grant."""
+    """The owner approves a requested grant; across organisations, the owner's coordinator."""
     async with request.app.state.pool.connection() as conn:
         grant = await grants.decide(
             conn, caller, grant_id, approve=True, note=body.note, min_pool=gateway.config.min_pool
         )
+    return out(grant)
+
+
+@router.post("/{grant_id}/accept", response_model=GrantOut)
+async def accept(
+    request: Request, caller: CallerDep, grant_id: GrantId, body: Decision
+) -> GrantOut:
+    """The consumer's coordinator accepts the terms of a contract between organisations."""
+    async with request.app.state.pool.connection() as conn:
+        grant = await grants.accept(conn, caller, grant_id, note=body.note)
     return out(grant)
 
 
@@ -225,11 +262,6 @@ async def revoke(
     return out(grant)
 
 
-def _require_party(caller: Caller, grant: Grant) -> None:
-    if caller.principal not in (grant.owner, grant.consumer) and not caller.is_coordinator:
-        raise forbidden("not_party", f"grant {grant.id} is between other principals")
-
-
 def interval_seconds(text: str) -> int:
     """`30s`, `15m`, `1h`, `1d` -> seconds."""
     match = _DURATION_RE.fullmatch(text.strip())
@@ -245,5 +277,19 @@ def out(g: Grant) -> GrantOut:
         bbox=g.bbox, granularity=g.granularity, interval_s=g.interval_s, pool=g.pool,
         min_devices=g.min_devices, purpose=g.purpose, expires_at=g.expires_at, status=g.status,
         created_by=g.created_by, created_at=g.created_at, decided_by=g.decided_by,
-        decided_at=g.decided_at, note=g.note,
+        decided_at=g.decided_at, note=g.note, owner_org=g.owner_org, consumer_org=g.consumer_org,
+        obligations=dict(g.obligations), owner_approved_by=g.owner_approved_by,
+        owner_approved_at=g.owner_approved_at, consumer_accepted_by=g.consumer_accepted_by,
+        consumer_accepted_at=g.consumer_accepted_at, awaiting=awaiting(g),
     )  # fmt: skip
+
+
+def awaiting(g: Grant) -> list[Literal["owner_coordinator", "consumer_coordinator"]]:
+    if not g.cross_org or g.status != "requested":
+        return []
+    waiting: list[Literal["owner_coordinator", "consumer_coordinator"]] = []
+    if g.owner_approved_at is None:
+        waiting.append("owner_coordinator")
+    if g.consumer_accepted_at is None:
+        waiting.append("consumer_coordinator")
+    return waiting

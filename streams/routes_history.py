@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal
 
@@ -47,6 +48,7 @@ POOLED_COLUMNS: Final = (
     "bucket", "device_type", "service", "district", "metric", "sum", "avg", "count", "devices",
 )  # fmt: skip
 NEXT_HEADER: Final = "X-Next-After"
+TERMS_HEADER: Final = "X-Silobreak-Terms"
 
 
 class RawReading(BaseModel):
@@ -89,9 +91,25 @@ class PooledAggregate(BaseModel):
     devices: int
 
 
+class Terms(BaseModel):
+    """The terms the data comes under: carried with every history page and delivery."""
+
+    grant_id: int
+    owner: str
+    owner_org: str
+    consumer: str
+    consumer_org: str
+    purpose: str
+    expires_at: datetime
+    granularity: Literal["raw", "aggregate"]
+    redistribution: Literal["prohibited"]
+    obligations: dict[str, Any]
+
+
 class HistoryPage(BaseModel):
     grant_id: int
     granularity: Literal["raw", "aggregate"]
+    terms: Terms
     readings: list[RawReading] | list[DeviceAggregate] | list[PooledAggregate]
     next_after: str | None
 
@@ -141,8 +159,8 @@ async def read_history(
         )  # fmt: skip
     if fmt == "csv":
         return _csv(grant, readings, next_after)
-    body = {"grant_id": grant.id, "granularity": grant.granularity, "readings": readings,
-            "next_after": next_after}  # fmt: skip
+    body = {"grant_id": grant.id, "granularity": grant.granularity, "terms": grant.terms(),
+            "readings": readings, "next_after": next_after}  # fmt: skip
     return JSONResponse(jsonable_encoder(body))
 
 
@@ -238,4 +256,6 @@ def _csv(grant: Grant, readings: list[dict[str, Any]], next_after: str | None) -
     for r in readings:
         writer.writerow([csvsafe.cell(r.get(c)) for c in columns])
     headers = {NEXT_HEADER: next_after} if next_after else {}
+    # A CSV has no room for metadata: the terms travel in a header, as JSON (ASCII-escaped).
+    headers[TERMS_HEADER] = json.dumps(grant.terms(), separators=(",", ":"))
     return Response(text.getvalue(), media_type="text/csv", headers=headers)

@@ -167,6 +167,7 @@ async def _sse(
     """The event stream. Each batch is on record before it is written to the connection; the
     first carries the position this connection resumed from."""
     resumed_from: str | None = position
+    terms = feed.grant.terms()
     ahead: asyncio.Queue[Batch | BaseException | None] = asyncio.Queue(SSE_AHEAD)
 
     async def pump() -> None:
@@ -211,7 +212,11 @@ async def _sse(
             finally:
                 recorded.cancel()  # the consumer went away first: left out if not yet written
             resumed_from = None
-            yield _event("readings", {"phase": item.phase, "readings": item.readings}, item.cursor)
+            yield _event(
+                "readings",
+                {"phase": item.phase, "terms": terms, "readings": item.readings},
+                item.cursor,
+            )
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -7,10 +7,10 @@ for every feed (tests/streams/test_one_read_path.py holds the two together)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 from devices.catalog import DEVICE_TYPES
 from store import query as store_query
@@ -48,6 +48,36 @@ class Grant:
     decided_by: str | None
     decided_at: datetime | None
     note: str
+    # The owner's and the consumer's organisations; a grant between two is a contract.
+    owner_org: str = ""
+    consumer_org: str = ""
+    # What the consumer accepts to do: {"delete_after_days": n, "attribution": "..."}.
+    obligations: Mapping[str, Any] = field(default_factory=dict)
+    owner_approved_by: str | None = None
+    owner_approved_at: datetime | None = None
+    consumer_accepted_by: str | None = None
+    consumer_accepted_at: datetime | None = None
+
+    @property
+    def cross_org(self) -> bool:
+        return self.owner_org != self.consumer_org
+
+    def terms(self) -> dict[str, Any]:
+        """What every delivery and history response carries: the terms the data comes under.
+
+        Data read under any grant may not be granted, pooled or published onward."""
+        return {
+            "grant_id": self.id,
+            "owner": self.owner,
+            "owner_org": self.owner_org,
+            "consumer": self.consumer,
+            "consumer_org": self.consumer_org,
+            "purpose": self.purpose,
+            "expires_at": self.expires_at.isoformat(),
+            "granularity": self.granularity,
+            "redistribution": "prohibited",
+            "obligations": dict(self.obligations),
+        }
 
     def metrics_of(self, device_type: str) -> tuple[str, ...]:
         """The granted metrics of one device type (in catalog order)."""

@@ -128,15 +128,34 @@ async def get(conn: psycopg.AsyncConnection[Any], caller: Caller, sub_id: str) -
     if row is None:
         raise ApiError(404, "unknown_subscription", f"no subscription {sub_id!r}")
     sub = _subscription(row)
-    if sub.consumer != caller.principal and not caller.is_coordinator:
+    if sub.consumer == caller.principal:
+        return sub
+    if caller.is_coordinator and await _party(conn, caller, sub):
+        return sub
+    if not caller.is_coordinator and await _party(conn, caller, sub):
         raise forbidden("not_subscriber", f"subscription {sub_id} is {sub.consumer}'s")
-    return sub
+    # Another organisation's subscription is not there, as far as the caller can tell.
+    raise ApiError(404, "unknown_subscription", f"no subscription {sub_id!r}")
+
+
+async def _party(conn: psycopg.AsyncConnection[Any], caller: Caller, sub: Subscription) -> bool:
+    """Whether the caller's organisation holds the subscription or owns the data it reads."""
+    cur = await conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM subscriptions s JOIN grants g ON g.id = s.grant_id"
+        " WHERE s.id = %(id)s AND %(org)s IN (s.consumer_org, g.owner_org))",
+        {"id": sub.id, "org": caller.organisation},
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])
 
 
 async def mine(conn: psycopg.AsyncConnection[Any], caller: Caller) -> list[Subscription]:
     cur = await conn.execute(
-        _SELECT + " WHERE (consumer = %s OR %s) AND status <> 'deleted' ORDER BY created_at",
-        (caller.principal, caller.is_coordinator),
+        _SELECT  # noqa: S608 - constant column list
+        + " WHERE (consumer = %(me)s OR (%(coord)s AND (consumer_org = %(org)s"
+        " OR grant_id IN (SELECT id FROM grants WHERE owner_org = %(org)s))))"
+        " AND status <> 'deleted' ORDER BY created_at",
+        {"me": caller.principal, "coord": caller.is_coordinator, "org": caller.organisation},
     )
     return [_subscription(row) for row in await cur.fetchall()]
 

@@ -16,6 +16,7 @@ from silobreak.cli import (
     docs,
     grafana,
     identity,
+    orgs,
     principals,
     rejects,
     run,
@@ -46,6 +47,8 @@ def main(ctx: click.Context, debug: bool) -> None:
             logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
-for _module in (bench, broker, docs, grafana, identity, principals, rejects, run, store, streams):
+for _module in (
+    bench, broker, docs, grafana, identity, orgs, principals, rejects, run, store, streams,
+):  # fmt: skip
     for _command in _module.COMMANDS:
         main.add_command(_command)

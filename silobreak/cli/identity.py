@@ -54,6 +54,10 @@ def devices() -> None:
 
 # -- devices: register, import, list ---------------------------------------------------------
 
+_ORG = click.option(
+    "--org", help="The organisation the devices belong to (needed when there are several)."
+)
+
 
 @devices.command("add")
 @click.argument("device_id")
@@ -63,6 +67,7 @@ def devices() -> None:
 @click.option("--lat", type=click.FloatRange(-90, 90))
 @click.option("--lon", type=click.FloatRange(-180, 180))
 @click.option("--medium", type=click.Choice(list(MEDIA)), help="Meters only.")
+@_ORG
 @click.pass_context
 def devices_add(
     ctx: click.Context,
@@ -73,6 +78,7 @@ def devices_add(
     lat: float | None,
     lon: float | None,
     medium: str | None,
+    org: str | None,
 ) -> None:
     """Register one device (or update it); a new device's secret is printed once."""
     record = new_record(
@@ -80,7 +86,7 @@ def devices_add(
     )
     settings = settings_of(ctx)
     with connect(settings) as conn:
-        done = register_devices(conn, [record], actor=actor())
+        done = register_devices(conn, [record], actor=actor(), organisation=org)
         apply_to_broker(settings, conn)
     click.echo(
         f"{'registered' if done.new else 'updated'} {device_id} ({device_type}, {record.service})"
@@ -98,11 +104,14 @@ def devices_add(
     "(default: FILE's name + .secrets-<UTC time>.csv, beside it).",
 )
 @click.option("--format", "fmt", type=click.Choice(["auto", "csv", "geojson"]), default="auto")
+@_ORG
 @click.pass_context
-def devices_import(ctx: click.Context, file: Path, secrets_out: Path | None, fmt: str) -> None:
+def devices_import(
+    ctx: click.Context, file: Path, secrets_out: Path | None, fmt: str, org: str | None
+) -> None:
     """Import devices from CSV or GeoJSON; all or nothing, credentials in the same step."""
     records = _parse(ctx, file, fmt)
-    _import(ctx, file, records, secrets_out)
+    _import(ctx, file, records, secrets_out, org)
 
 
 @devices.command("import-geojson")
@@ -111,10 +120,13 @@ def devices_import(ctx: click.Context, file: Path, secrets_out: Path | None, fmt
     "--secrets-out", type=click.Path(dir_okay=False, path_type=Path),
     help="New CSV file (device_id,secret; mode 0600) for the new devices' secrets.",
 )  # fmt: skip
+@_ORG
 @click.pass_context
-def devices_import_geojson(ctx: click.Context, file: Path, secrets_out: Path | None) -> None:
+def devices_import_geojson(
+    ctx: click.Context, file: Path, secrets_out: Path | None, org: str | None
+) -> None:
     """Import a GeoJSON FeatureCollection (Point features, registry columns as properties)."""
-    _import(ctx, file, _parse(ctx, file, "geojson"), secrets_out)
+    _import(ctx, file, _parse(ctx, file, "geojson"), secrets_out, org)
 
 
 @devices.command("list")
@@ -295,7 +307,11 @@ def _parse(ctx: click.Context, file: Path, fmt: str) -> list[DeviceRecord]:
 
 
 def _import(
-    ctx: click.Context, file: Path, records: Sequence[DeviceRecord], secrets_out: Path | None
+    ctx: click.Context,
+    file: Path,
+    records: Sequence[DeviceRecord],
+    secrets_out: Path | None,
+    org: str | None,
 ) -> None:
     settings = settings_of(ctx)
     if secrets_out is None:
@@ -310,7 +326,7 @@ def _import(
 
     try:
         with connect(settings) as conn:
-            done = register_devices(conn, records, actor=actor(), deliver=deliver)
+            done = register_devices(conn, records, actor=actor(), deliver=deliver, organisation=org)
             apply_to_broker(settings, conn)
     except BaseException:
         # The registry did not commit: the secrets in the file were never valid.

@@ -29,13 +29,18 @@ def principals() -> None:
 @principals.command("add")
 @click.argument("name")
 @click.option("--kind", required=True, type=click.Choice(PRINCIPAL_KINDS))
+@click.option("--org", help="Its organisation (needed when the platform has several).")
 @click.option("--description", default="")
 @click.pass_context
-def principals_add(ctx: click.Context, name: str, kind: str, description: str) -> None:
+def principals_add(
+    ctx: click.Context, name: str, kind: str, org: str | None, description: str
+) -> None:
     """Create a principal and its broker account (its secret is printed once)."""
     settings = settings_of(ctx)
     with connect(settings) as conn:
-        secret = add_principal(conn, name, kind, description=description, actor=actor())
+        secret = add_principal(
+            conn, name, kind, organisation=org, description=description, actor=actor()
+        )
         apply_to_broker(settings, conn)
     click.echo(f"added {kind} {name}")
     click.echo(f"broker user: {principal_username(kind, name)}")
@@ -44,13 +49,22 @@ def principals_add(ctx: click.Context, name: str, kind: str, description: str) -
 
 @principals.command("list")
 @click.option("--kind", type=click.Choice(PRINCIPAL_KINDS))
+@click.option("--org", help="Only this organisation's.")
 @click.option("--format", "fmt", type=FORMATS, default="table")
 @click.pass_context
-def principals_list(ctx: click.Context, kind: str | None, fmt: str) -> None:
+def principals_list(ctx: click.Context, kind: str | None, org: str | None, fmt: str) -> None:
     """List principals."""
     with connect(settings_of(ctx)) as conn:
-        rows = list_principals(conn, kind=kind)
-    header = ["name", "kind", "broker_username", "live_tokens", "created_at", "disabled_at"]
+        rows = list_principals(conn, kind=kind, organisation=org)
+    header = [
+        "name",
+        "kind",
+        "organisation",
+        "broker_username",
+        "live_tokens",
+        "created_at",
+        "disabled_at",
+    ]
     emit(header, [[getattr(r, h) for h in header] for r in rows], fmt)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -17,8 +18,17 @@ from silobreak.errors import CommandFailed
 from silobreak.settings import Settings, SettingsError, parse_duration
 
 T = TypeVar("T")
-_GRANT_COLUMNS = ("id", "status", "owner", "consumer", "device_types", "metrics", "districts",
-                  "granularity", "interval_s", "pool", "expires_at", "purpose")  # fmt: skip
+_GRANT_COLUMNS = ("id", "status", "owner", "owner_org", "consumer", "consumer_org",
+                  "device_types", "metrics", "districts", "granularity", "interval_s", "pool",
+                  "expires_at", "purpose", "awaiting")  # fmt: skip
+_FLOW_COLUMNS = ("day", "direction", "grant_id", "owner", "owner_org", "consumer",
+                 "consumer_org", "purpose", "granularity", "readings", "requests")  # fmt: skip
+_DECISIONS: Final = {
+    "approve": "Approve a requested grant (the owner; across organisations, its coordinator).",
+    "accept": "Accept a contract's terms (the consumer organisation's coordinator).",
+    "refuse": "Refuse a requested grant (the owner, or a coordinator of either side).",
+    "revoke": "Revoke a grant now (the owner, or a coordinator of either side).",
+}
 
 
 def _call(ctx: click.Context, token: str | None, work: Callable[[Any], Awaitable[T]]) -> T:
@@ -80,23 +90,34 @@ def grants_list(ctx: click.Context, token: str | None, status: str | None, fmt: 
 @click.option("--min-devices", type=click.IntRange(1), help="Pooled: at least this many.")
 @click.option("--purpose", required=True, help="Why (recorded with the grant).")
 @click.option("--expires", required=True, help="For how long (30d) or until (ISO time).")
+@click.option(
+    "--delete-after-days", type=click.IntRange(1, 3650),
+    help="Obligation: the consumer deletes what it received after this many days.",
+)  # fmt: skip
+@click.option("--attribution", help="Obligation: the attribution the consumer shows.")
 @click.pass_context
 def grants_create(
     ctx: click.Context, token: str | None, owner: str, consumer: str,
     device_types: tuple[str, ...], metrics: tuple[str, ...], districts: tuple[str, ...],
     interval: str | None, pool: str, min_devices: int | None, purpose: str, expires: str,
+    delete_after_days: int | None, attribution: str | None,
 ) -> None:  # fmt: skip
-    """Grant access to your service's data, or request it (as the consumer)."""
+    """Grant access to your service's data, or request it (as the consumer).
+
+    Between two organisations the grant is a contract: it takes effect once the owning
+    organisation's coordinator approves it and the consumer's coordinator accepts it."""
+    obligations = {"delete_after_days": delete_after_days, "attribution": attribution}
     spec: dict[str, Any] = {
         "owner": owner, "consumer": consumer, "device_types": list(device_types),
         "metrics": list(metrics), "districts": list(districts) or None, "purpose": purpose,
         "expires_at": _until(expires).isoformat(),
         "granularity": "aggregate" if interval else "raw",
+        "obligations": {k: v for k, v in obligations.items() if v is not None},
     }  # fmt: skip
     if interval:
         spec.update(interval=interval, pool=pool, min_devices=min_devices)
     grant = _call(ctx, token, lambda c: c.create_grant(**spec))
-    click.echo(f"grant {grant['id']}: {grant['status']}")
+    click.echo(_status_line(grant))
 
 
 @grants.command("odrl")
@@ -123,6 +144,20 @@ def grants_request_odrl(ctx: click.Context, token: str | None, policy: IO[bytes]
     click.echo(f"grant {grant['id']}: {grant['status']}")
 
 
+@click.command()
+@_token
+@click.option("--days", type=click.IntRange(1, 366), default=7, show_default=True)
+@click.option("--direction", type=click.Choice(["in", "out", "internal"]))
+@click.option("--format", "fmt", type=FORMATS, default="table")
+@click.pass_context
+def flows(
+    ctx: click.Context, token: str | None, days: int, direction: str | None, fmt: str
+) -> None:
+    """Who reads what from whom, in and out of your organisation (a coordinator's token)."""
+    found = _call(ctx, token, lambda c: c.flows(days, direction))
+    emit(_FLOW_COLUMNS, [[_cell(f[k]) for k in _FLOW_COLUMNS] for f in found], fmt)
+
+
 def _decision(verb: str) -> None:
     @grants.command(verb)
     @_token
@@ -131,13 +166,19 @@ def _decision(verb: str) -> None:
     @click.pass_context
     def command(ctx: click.Context, token: str | None, grant_id: int, note: str) -> None:
         grant = _call(ctx, token, lambda c: c.decide(grant_id, verb, note))
-        click.echo(f"grant {grant['id']}: {grant['status']}")
+        click.echo(_status_line(grant))
 
-    command.__doc__ = f"{verb.capitalize()} a grant (owner only)."
+    command.__doc__ = _DECISIONS[verb]
 
 
-for _verb in ("approve", "refuse", "revoke"):
+for _verb in _DECISIONS:
     _decision(_verb)
+
+
+def _status_line(grant: dict[str, Any]) -> str:
+    waiting = grant.get("awaiting") or []
+    more = f" (awaiting {', '.join(w.replace('_', ' ') for w in waiting)})" if waiting else ""
+    return f"grant {grant['id']}: {grant['status']}{more}"
 
 
 @click.command()
@@ -167,16 +208,19 @@ def subscribe(
 
     async def run(client: Any) -> None:
         seen = 0
-        async for reading in client.subscribe(subscription_id=subscription_id, **spec):
-            try:
-                click.echo(json.dumps(reading, default=str))
-            except BrokenPipeError:
-                # The reader is gone (`| head`): end quietly, as `cat` does.
-                _stdout_to_devnull()
-                return
-            seen += 1
-            if count is not None and seen >= count:
-                return
+        # Closed here, while the client is open: the stream ends before the connection does.
+        readings = client.subscribe(subscription_id=subscription_id, **spec)
+        async with contextlib.aclosing(readings):
+            async for reading in readings:
+                try:
+                    click.echo(json.dumps(reading, default=str))
+                except BrokenPipeError:
+                    # The reader is gone (`| head`): end quietly, as `cat` does.
+                    _stdout_to_devnull()
+                    return
+                seen += 1
+                if count is not None and seen >= count:
+                    return
 
     from streams.client import SubscriptionEnded  # noqa: PLC0415
 
@@ -195,7 +239,7 @@ def _stdout_to_devnull() -> None:
     os.close(devnull)
 
 
-COMMANDS: Final[tuple[click.Command, ...]] = (grants, subscribe)
+COMMANDS: Final[tuple[click.Command, ...]] = (grants, subscribe, flows)
 
 
 def _until(text: str) -> datetime:

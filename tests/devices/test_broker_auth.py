@@ -27,7 +27,7 @@ def test_acl_gives_each_kind_its_topics_and_devices_their_own_only() -> None:
             PrincipalAccount("ingest", "component", HASH),
             PrincipalAccount("lighting", "service", HASH, ["lamp-1", "lamp-2"]),
             PrincipalAccount("pollution", "team", HASH),
-            PrincipalAccount("data-office", "coordinator", HASH),
+            PrincipalAccount("data-office", "coordinator", HASH, ["lamp-1", "meter-9"]),
         ],
     ).acl_file()
     blocks = {b.splitlines()[0]: b.splitlines()[1:] for b in acl.split("\n\n") if b.strip()}
@@ -42,7 +42,12 @@ def test_acl_gives_each_kind_its_topics_and_devices_their_own_only() -> None:
         "topic write devices/lamp-2/commands",
     ]
     assert blocks["user team~pollution"] == ["topic read deliveries/pollution/#"]
-    assert "topic read devices/#" in blocks["user coordinator~data-office"]
+    # A coordinator reads its organisation's devices, one by one: never a wildcard over all.
+    assert blocks["user coordinator~data-office"] == [
+        "topic read deliveries/data-office/#",
+        "topic read devices/lamp-1/#",
+        "topic read devices/meter-9/#",
+    ]
     patterns = [line for line in acl.splitlines() if line.startswith("pattern")]
     assert patterns == [
         "pattern write devices/%u/telemetry",

@@ -6,6 +6,8 @@ import contextlib
 import ssl
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,16 @@ class SecureCity:
     def sync(self) -> None:
         with psycopg.connect(self.db_url, autocommit=True) as conn:
             sync_broker(conn, self.files)
+
+
+@contextmanager
+def secure_city(service_dir: Path, db_url: str) -> Iterator[SecureCity]:
+    """start_secure_city(), its broker stopped at the end."""
+    city = start_secure_city(service_dir, db_url)
+    try:
+        yield city
+    finally:
+        city.broker.stop()
 
 
 def start_secure_city(service_dir: Path, db_url: str) -> SecureCity:

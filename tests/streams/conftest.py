@@ -107,12 +107,22 @@ def running_town(
         for name in (*SERVICES, "planning", "data-office"):
             tokens[name] = issue_token(conn, name, ttl=timedelta(days=1), actor=ACTOR).token
     hook_port = free_port()
+    allow = [f"http://127.0.0.1:{hook_port}{path}" for path in hook_allow]
+    with serving(db_url, mqtt_broker, streams_webhook_allow=allow, **settings) as (base, app):
+        town = Town(db_url, base, p, tokens, hook_port)
+        town.devices = {r.device_id: (r.device_type, r.service, r.district or "") for r in fleet}
+        town.app = app
+        yield town
+
+
+@contextmanager
+def serving(db_url: str, mqtt_broker: LocalMosquitto, **settings: Any) -> Iterator[tuple[str, Any]]:
+    """The streams API over `db_url` (real uvicorn, on a free port): its base URL and app."""
     config: dict[str, Any] = {
         "database_url": db_url,
         "mqtt_url": mqtt_broker.url,
         "streams_poll_interval": timedelta(milliseconds=100),
         "streams_aggregate_grace": timedelta(milliseconds=500),
-        "streams_webhook_allow": [f"http://127.0.0.1:{hook_port}{path}" for path in hook_allow],
         "streams_webhook_backoff": timedelta(milliseconds=50),
         "streams_webhook_backoff_max": timedelta(milliseconds=200),
         **settings,
@@ -131,11 +141,8 @@ def running_town(
         assert time.monotonic() < deadline, "uvicorn did not start"
         assert thread.is_alive(), "uvicorn exited"
         time.sleep(0.02)
-    town = Town(db_url, f"http://127.0.0.1:{port}", p, tokens, hook_port)
-    town.devices = {r.device_id: (r.device_type, r.service, r.district or "") for r in fleet}
-    town.app = app
     try:
-        yield town
+        yield f"http://127.0.0.1:{port}", app
     finally:
         server.should_exit = True
         thread.join(30)

@@ -80,7 +80,7 @@ def left_pending(db_url: str, url: str, *, grant_status: str = "active") -> tupl
             " 'webhook', %s, %s, %s)",
             (SUB, grant_id, url, SECRET, start),
         )
-        body = encode_batch(SUB, Batch(readings, after, "live"))
+        body = encode_batch(SUB, Batch(readings, after, "live"), {})
         conn.execute(
             "INSERT INTO webhook_deliveries (subscription_id, seq, idempotency_key, cursor_to,"
             " readings, body) VALUES (%s, 1, %s, %s, 2, %s)",

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 ODRL: Any = odrl.ODRL
 SB: Any = odrl.SB
 SPEC_FIELDS = ("owner", "consumer", "device_types", "metrics", "districts", "bbox",
-               "granularity", "interval_s", "pool", "min_devices", "purpose")  # fmt: skip
+               "granularity", "interval_s", "pool", "min_devices", "purpose",
+               "obligations")  # fmt: skip
 
 
 def test_a_raw_grant_exports_as_an_agreement_that_expands_to_odrl_terms(town: Town) -> None:
@@ -82,6 +83,9 @@ def test_a_pooled_aggregate_grant_exports_silobreak_action_and_pool_size(town: T
         ({"device_types": ["air_sensor"], "metrics": ["pm25", "no2"],
           "granularity": "aggregate", "interval": "30s", "pool": "device"}, "environment",
          "mobility"),
+        ({"device_types": ["streetlight"], "obligations": {
+            "delete_after_days": 90, "attribution": "Ville de Lyon, open lighting data"}},
+         "lighting", "planning"),
     ],
 )  # fmt: skip
 def test_an_exported_agreement_imported_as_an_offer_requests_the_same_grant(
@@ -125,7 +129,13 @@ def _permission(policy: dict[str, Any]) -> dict[str, Any]:
         (lambda p: _permission(p)["constraint"].append(
             {"leftOperand": "count", "operator": "lteq", "rightOperand": 10}), "'count'"),
         (lambda p: _permission(p)["constraint"][0].update(operator="neq"), "operator 'neq'"),
-        (lambda p: p.update(obligation=[{"action": "delete"}]), "obligation"),
+        (lambda p: p.update(obligation=[{"action": "delete"}]), "obligation delete"),
+        (lambda p: p.update(obligation=[{"action": "compensate", "constraint": []}]),
+         "action 'compensate'"),
+        (lambda p: p.update(obligation=[{"action": "delete", "constraint": [
+            {"leftOperand": "elapsedTime", "operator": "lteq",
+             "rightOperand": {"@value": "PT5M", "@type": "xsd:duration"}}]}]),
+         "rightOperand of elapsedTime"),
         (lambda p: _permission(p).update(duty=[{"action": "attribute"}]), "duty"),
         (lambda p: _permission(p)["constraint"].pop(0), "purpose"),
         (lambda p: _permission(p)["constraint"].pop(1), "dateTime"),
@@ -172,6 +182,28 @@ def test_the_document_loader_serves_shipped_contexts_and_refuses_any_other_url()
               "@type": "Offer", "x": {"y": 1}}  # fmt: skip
     with pytest.raises(odrl.ContextRefused, match=r"http://example\.net/c"):
         odrl.expand(nested)
+
+
+def test_obligations_export_as_odrl_duties_that_expand_to_odrl_terms(town: Town) -> None:
+    grant = town.grant(
+        "lighting", consumer="planning", device_types=["streetlight"],
+        obligations={"delete_after_days": 30, "attribution": "Ville, lighting"},
+    )  # fmt: skip
+    with town.http("planning") as h:
+        agreement = h.get(f"/v1/grants/{grant['id']}/odrl").json()
+    assert agreement["obligation"] == [
+        {"action": "delete", "constraint": [{
+            "leftOperand": "elapsedTime", "operator": "lteq",
+            "rightOperand": {"@value": "P30D", "@type": "xsd:duration"}}]},
+        {"action": "attribute", "constraint": [{
+            "leftOperand": "attributionText", "operator": "eq",
+            "rightOperand": "Ville, lighting"}]},
+    ]  # fmt: skip
+    [expanded] = odrl.expand(agreement)
+    duties = expanded[ODRL + "obligation"]
+    assert [d[ODRL + "action"][0]["@id"] for d in duties] == [ODRL + "delete", ODRL + "attribute"]
+    left = [d[ODRL + "constraint"][0][ODRL + "leftOperand"][0]["@id"] for d in duties]
+    assert left == [ODRL + "elapsedTime", SB + "attributionText"]
 
 
 def test_a_third_service_cannot_export_a_grant_between_others(town: Town) -> None:
