@@ -13,6 +13,7 @@ from firmware_sim.scenario import (
     load_scenario,
     parse_scenario,
     scale_scenario,
+    shipped_scenario,
 )
 from firmware_sim.sun import SunTimes, sun_times
 
@@ -38,6 +39,7 @@ __all__ = [
     "parse_broker_url",
     "parse_scenario",
     "scale_scenario",
+    "shipped_scenario",
     "sun_times",
     "traffic_level",
 ]

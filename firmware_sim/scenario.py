@@ -239,8 +239,17 @@ def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
 
 def default_scenario() -> Scenario:
     """The shipped Grenoble-like city (firmware_sim/scenarios/default.toml)."""
-    text = resources.files("firmware_sim").joinpath("scenarios", _DEFAULT_FILE).read_text("utf-8")
-    return parse_scenario(text, source=f"firmware_sim/scenarios/{_DEFAULT_FILE}")
+    return shipped_scenario(_DEFAULT_FILE.removesuffix(".toml"))
+
+
+def shipped_scenario(name: str) -> Scenario:
+    """A scenario shipped in firmware_sim/scenarios/ (`default`, and the demo region's
+    neighbouring communes `echirolles` and `eybens`)."""
+    file = f"{name}.toml"
+    entry = resources.files("firmware_sim").joinpath("scenarios", file)
+    if not entry.is_file():
+        raise ScenarioError(f"no shipped scenario {name!r}")
+    return parse_scenario(entry.read_text("utf-8"), source=f"firmware_sim/scenarios/{file}")
 
 
 def scale_scenario(scenario: Scenario, devices: int) -> Scenario:

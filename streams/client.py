@@ -158,6 +158,13 @@ class StreamsClient:
         result: dict[str, Any] = await self.request("POST", "/v1/grants", body=spec)
         return result
 
+    async def regional(self, **query: Any) -> dict[str, Any]:
+        """Pools across the caller's district-pooled grants (docs/organisations.md): `rows`
+        of district pools, organisation totals and the regional total, and each grant's
+        `terms`."""
+        result: dict[str, Any] = await self.request("GET", "/v1/regional", params=query)
+        return result
+
     async def flows(self, days: int = 7, direction: str | None = None) -> list[dict[str, Any]]:
         """A coordinator's data flows: readings per day and grant, in and out."""
         result: list[dict[str, Any]] = await self.request(

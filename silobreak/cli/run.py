@@ -380,6 +380,7 @@ def demo(
     """Start a private broker and database, a simulated city and the ingestor; show progress."""
     from firmware_sim import FleetRunner  # noqa: PLC0415
     from ingest.service import Ingestor  # noqa: PLC0415
+    from silobreak import region_demo  # noqa: PLC0415
     from silobreak.local import LocalMosquitto, LocalPostgres, free_port  # noqa: PLC0415
     from silobreak.platform_run import (  # noqa: PLC0415
         ApiServer,
@@ -407,31 +408,47 @@ def demo(
         fleet = _fleet(None, devices, seed)
         _register(settings, fleet)
         access = provision_demo(settings, sorted({r.service for r in fleet.records()}))
+        # The neighbouring communes and the regional syndicate (docs/organisations.md).
+        communes = region_demo.commune_fleets()
+        region = region_demo.provision_region(settings, communes)
         api = ApiServer(settings)
         api.start()
-        click.echo(_banner(settings, len(fleet)))
+        click.echo(_banner(settings, len(fleet) + sum(len(f) for _, f in communes)))
         click.echo("\n".join(where_to_look(settings, api.url, access)))
+        click.echo("\n".join(region_demo.where_to_look(api.url, region)))
         click.echo("Ctrl-C stops everything.")
-        runner = FleetRunner(
-            fleet,
-            url=mqtt.url,
-            mode="per_device",
-            speed=speed,
-            start=datetime.now(UTC) - since,
-            duration=duration,
-            # On MQTT 5 telemetry is held and sent again until ingest has subscribed.
-            mqtt_version=_devices_version(mqtt.url, None),
-        )
+        runners = [
+            FleetRunner(
+                f,
+                url=mqtt.url,
+                mode="per_device",
+                speed=speed,
+                start=datetime.now(UTC) - since,
+                duration=duration,
+                # On MQTT 5 telemetry is held and sent again until ingest has subscribed.
+                mqtt_version=_devices_version(mqtt.url, None),
+            )
+            for f in (fleet, *(f for _, f in communes))
+        ]
+        runner = runners[0]
         sim = threading.Thread(target=runner.run, name="simulator", daemon=True)
+        neighbours = [
+            threading.Thread(target=r.run, name=f"simulator-{org}", daemon=True)
+            for r, (org, _) in zip(runners[1:], communes, strict=True)
+        ]
         ingestor = Ingestor(ingest_config(settings))
         ingestor.metrics.serve(settings.metrics_host, settings.metrics_port, ingestor.health)
 
         async def platform(stop: asyncio.Event) -> None:
             task = asyncio.create_task(run_with_recorder(settings, ingestor, stop))
             sim.start()
+            for thread in neighbours:
+                thread.start()
             await _progress(ingestor, pg.url, stop, sim)
-            runner.stop()
-            await asyncio.to_thread(sim.join, 30)
+            for r in runners:
+                r.stop()
+            for thread in (sim, *neighbours):
+                await asyncio.to_thread(thread.join, 30)
             stop.set()
             await task
 

@@ -21,6 +21,8 @@ T = TypeVar("T")
 _GRANT_COLUMNS = ("id", "status", "owner", "owner_org", "consumer", "consumer_org",
                   "device_types", "metrics", "districts", "granularity", "interval_s", "pool",
                   "expires_at", "purpose", "awaiting")  # fmt: skip
+_REGIONAL_COLUMNS = ("bucket", "level", "organisations", "district", "metric", "avg", "sum",
+                     "count", "devices")  # fmt: skip
 _FLOW_COLUMNS = ("day", "direction", "grant_id", "owner", "owner_org", "consumer",
                  "consumer_org", "purpose", "granularity", "readings", "requests")  # fmt: skip
 _DECISIONS: Final = {
@@ -146,6 +148,35 @@ def grants_request_odrl(ctx: click.Context, token: str | None, policy: IO[bytes]
 
 @click.command()
 @_token
+@click.option("--type", "device_type", required=True, help="Device type, e.g. meter.")
+@click.option("--interval", required=True, help="The grants' interval: 15m, 1h, 1d.")
+@click.option("--since", default="6h", show_default=True, help="From (6h ago, or ISO time).")
+@click.option("--metric", "metrics", multiple=True, help="Metric(s); default: all granted.")
+@click.option(
+    "--level", "levels", multiple=True, type=click.Choice(["district", "organisation", "region"]),
+    help="Rows of these levels only (default: all three).",
+)  # fmt: skip
+@click.option("--format", "fmt", type=FORMATS, default="table")
+@click.pass_context
+def regional(
+    ctx: click.Context, token: str | None, device_type: str, interval: str, since: str,
+    metrics: tuple[str, ...], levels: tuple[str, ...], fmt: str,
+) -> None:  # fmt: skip
+    """Aggregates pooled across your grants from several organisations: district pools,
+    organisation totals and the regional total (docs/organisations.md)."""
+    query = {"device_type": device_type, "interval": interval,
+             "start": _since(since).isoformat(), "metric": list(metrics) or None,
+             "level": list(levels) or None}  # fmt: skip
+    body = _call(ctx, token, lambda c: c.regional(**query))
+    if fmt == "json":
+        click.echo(json.dumps(body, indent=2))
+        return
+    rows = [[_cell(r[k]) for k in _REGIONAL_COLUMNS] for r in body["rows"]]
+    emit(_REGIONAL_COLUMNS, rows, fmt)
+
+
+@click.command()
+@_token
 @click.option("--days", type=click.IntRange(1, 366), default=7, show_default=True)
 @click.option("--direction", type=click.Choice(["in", "out", "internal"]))
 @click.option("--format", "fmt", type=FORMATS, default="table")
@@ -239,7 +270,7 @@ def _stdout_to_devnull() -> None:
     os.close(devnull)
 
 
-COMMANDS: Final[tuple[click.Command, ...]] = (grants, subscribe, flows)
+COMMANDS: Final[tuple[click.Command, ...]] = (grants, subscribe, flows, regional)
 
 
 def _until(text: str) -> datetime:

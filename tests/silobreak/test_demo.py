@@ -52,6 +52,36 @@ def _the_printed_api_and_subscription_work(out: str, env: dict[str, str], cwd: P
     assert {(r["service"], r["metric"]) for r in readings} == {("mobility", "vehicle_count")}
 
 
+def _the_printed_region_commands_work(out: str, env: dict[str, str], cwd: Path) -> None:
+    """The syndicate's pooled feed spans the three municipalities' contracts, and the city's
+    coordinator sees that read leave its organisation."""
+
+    def printed(label: str) -> tuple[dict[str, str], list[str]]:
+        found = re.search(label + r"\s+(SILOBREAK_API_URL=\S+) (SILOBREAK_API_TOKEN=\S+) \\\n"
+                          r"\s+silobreak (.+)\n", out)  # fmt: skip
+        assert found, out
+        return dict(kv.split("=", 1) for kv in (found[1], found[2])), found[3].split()
+
+    def run(extra: dict[str, str], args: list[str]) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "silobreak", *args], cwd=cwd, env={**env, **extra},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    extra, args = printed("pooled")
+    assert args[0] == "regional"
+    body = json.loads(run(extra, [*args, "--format", "json"]))
+    assert {t["owner_org"] for t in body["terms"]} == {"city", "echirolles", "eybens"}
+    assert {t["consumer_org"] for t in body["terms"]} == {"te38"}
+    assert all(r["devices"] >= 5 for r in body["rows"])
+    extra, args = printed("flows")
+    flows = [json.loads(line) for line in run(extra, [*args, "--format", "json"]).splitlines()]
+    # The syndicate's read, out of the city (beside the city's own internal subscription).
+    assert ("out", "te38") in {(f["direction"], f["consumer_org"]) for f in flows}
+
+
 def test_demo_shows_data_within_a_minute_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SILOBREAK_")}
     proc = subprocess.Popen(
@@ -83,6 +113,7 @@ def test_demo_shows_data_within_a_minute_and_stops_cleanly_on_ctrl_c(tmp_path: P
         assert progress, "".join(lines)
         assert all(re.search(r"rejects (none|[a-z_]+ \d+(, [a-z_]+ \d+)*)$", x) for x in progress)
         _the_printed_api_and_subscription_work("".join(lines), env, tmp_path)
+        _the_printed_region_commands_work("".join(lines), env, tmp_path)
         servers = _descendants(proc.pid)
         assert servers, "the demo runs its broker and database as child processes"
 
