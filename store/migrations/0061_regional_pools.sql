@@ -91,13 +91,20 @@ REVOKE ALL ON FUNCTION silobreak_regional_pools(text, text, interval, timestampt
 -- Governed SQL: the regional pools of the role that logged in (its principal, from
 -- sql_viewers), under the platform's pool minimum. SECURITY DEFINER, so it reads the ledger
 -- and the grants for the viewer; the viewer is the session's login role, never an argument.
+-- Its search_path is pinned below to the schema the store lives in (then pg_temp, last), so
+-- no object a viewer could create shadows what it reads.
 CREATE FUNCTION governed.regional_pools(
     dtype text, width interval, t0 timestamptz, t1 timestamptz
 ) RETURNS TABLE (
     bucket timestamptz, level text, organisations text[], district text, metric text,
     sum double precision, avg double precision, count bigint, devices bigint
-) LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+) LANGUAGE sql STABLE SECURITY DEFINER AS $$
     SELECT * FROM silobreak_regional_pools(
         (SELECT principal FROM sql_viewers WHERE role = session_user), dtype, width, t0, t1,
         coalesce((SELECT value::integer FROM store_settings WHERE key = 'streams_min_pool'), 5))
 $$;
+DO $$
+BEGIN
+    EXECUTE format('ALTER FUNCTION governed.regional_pools(text, interval, timestamptz,'
+                   ' timestamptz) SET search_path = %I, pg_temp', current_schema());
+END $$;

@@ -11,10 +11,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from streams import live
-from tests.streams.conftest import Town
+from tests.streams.conftest import Town, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
@@ -108,6 +109,10 @@ def test_an_honest_catch_up_is_paged_and_resumes_mid_page_without_loss_or_duplic
         town.write("streetlight", rows)
         written |= {(r[1], r[4]) for r in rows}
     assert len(written) == 60
+    # The catch-up reads alone up to the hub's position; readings past it come in the hub's
+    # own batches, which are not paged. On a busy machine the hub may not have ticked since
+    # the writes yet: wait until it has seen them, so the catch-up is what delivers them.
+    wait_until(lambda: hub_has_seen(town, lamps), 60, "the hub's position past the writes")
 
     url = f"{town.base}/v1/subscriptions/{sub['id']}/events"
     events = read_events(town, url, {}, lambda got: seen(got) >= written)
@@ -121,6 +126,20 @@ def test_an_honest_catch_up_is_paged_and_resumes_mid_page_without_loss_or_duplic
     resumed = [key(r) for _, rs in again for r in rs]
     assert len(resumed) == len(set(resumed))  # nothing twice
     assert set(resumed) == rest  # nothing before the cursor, nothing after it missing
+
+
+def hub_has_seen(town: Town, device_ids: list[str]) -> bool:
+    """Whether the streams hub's snapshot shows every committed reading of `device_ids`."""
+    position = town.app.state.streams.hub.current
+    if position is None:
+        return False
+    with psycopg.connect(town.db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT bool_and(pg_visible_in_snapshot(batch::text::xid8, %s::pg_snapshot))"
+            " FROM readings_streetlight WHERE device_id = ANY(%s)",
+            (position, device_ids),
+        ).fetchone()
+    return bool(row and row[0])
 
 
 def attempts(

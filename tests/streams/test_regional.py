@@ -201,6 +201,13 @@ def test_governed_sql_shows_the_syndicate_exactly_the_regional_rows(syndicate: T
             "SELECT count(*) FROM regional_pools('meter', '1 hour', %s, %s)",
             (BUCKET, BUCKET + HOUR),
         ).fetchone() == (0,)
+        # Nor by shadowing the table that says who it is with a temporary one of its own.
+        viewer.execute("CREATE TEMP TABLE sql_viewers (role text, principal text)")
+        viewer.execute("INSERT INTO sql_viewers VALUES (session_user, 's-energy')")
+        assert viewer.execute(
+            "SELECT count(*) FROM regional_pools('meter', '1 hour', %s, %s)",
+            (BUCKET, BUCKET + HOUR),
+        ).fetchone() == (0,)
 
 
 def test_a_regional_read_without_a_pooled_grant_is_refused(syndicate: Town) -> None:
