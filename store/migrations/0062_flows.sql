@@ -25,15 +25,21 @@ $$;
 REVOKE ALL ON FUNCTION silobreak_flows(text, timestamptz, timestamptz, interval) FROM PUBLIC;
 
 -- Governed SQL: the flows of the organisation whose coordinator logged in (from
--- sql_viewers); any other role gets none. The login role decides, never an argument.
+-- sql_viewers); any other role gets none. The login role decides, never an argument. Its
+-- search_path is pinned below to the store's schema, then pg_temp (as regional_pools').
 CREATE FUNCTION governed.data_flows(t0 timestamptz, t1 timestamptz, step interval)
 RETURNS TABLE (
     "time" timestamptz, direction text, grant_id bigint, owner text, owner_org text,
     consumer text, consumer_org text, purpose text, granularity text, grant_status text,
     readings bigint, requests bigint
-) LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+) LANGUAGE sql STABLE SECURITY DEFINER AS $$
     SELECT * FROM silobreak_flows(
         (SELECT p.organisation FROM sql_viewers v JOIN principals p ON p.name = v.principal
          WHERE v.role = session_user AND p.kind = 'coordinator' AND p.disabled_at IS NULL),
         t0, t1, step)
 $$;
+DO $$
+BEGIN
+    EXECUTE format('ALTER FUNCTION governed.data_flows(timestamptz, timestamptz, interval)'
+                   ' SET search_path = %I, pg_temp', current_schema());
+END $$;
