@@ -36,6 +36,13 @@ for service in lighting mobility environment energy water; do
     silobreak principals list --kind service --format csv | grep -q "^$service," \
         || silobreak principals add "$service" --kind service
 done
+# The city's coordinator: the platform board's data-flows panel reads as it.
+coordinator=${SILOBREAK_GRAFANA_COORDINATOR:-data-office}
+silobreak principals list --kind coordinator --format csv | grep -q "^$coordinator," \
+    || silobreak principals add "$coordinator" --kind coordinator
 
 silobreak broker-sync --dir /mosquitto/config
-silobreak grafana roles --secrets-dir /run/silobreak/grafana
+# The region board reads as a regional body's principal when one is named (it sees only what
+# its contracts allow); until then as the coordinator, which holds none and sees nothing.
+silobreak grafana roles --secrets-dir /run/silobreak/grafana --coordinator "$coordinator" \
+    --region "${SILOBREAK_GRAFANA_REGION:-$coordinator}"

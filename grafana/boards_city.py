@@ -10,7 +10,7 @@ from grafana_foundation_sdk.models import dashboard as dm
 
 from grafana.boards_env import MICROGRAMS, WHO
 from grafana.boards_fleet import VEHICLES_PER_HOUR, stacked, thresholds
-from grafana.model import PLATFORM_UID, Board, Query, Variable, service_uid
+from grafana.model import COORDINATOR_UID, PLATFORM_UID, Board, Query, Variable, service_uid
 from grafana.sql import avg, source
 
 # What the cross-service board reads as by default: the environment service studies air
@@ -247,5 +247,22 @@ def platform(timezone: str) -> Board:
             "\nFROM store_job_status WHERE last_run_status = 'Failed'",
             ("failed_jobs", "failures"), "table",
         ),
+    )  # fmt: skip
+    b.add(
+        table.Panel().title("Data flows of your organisation").height(8).span(24)
+        .description(
+            "Who read what from whom, in and out of the organisation whose coordinator this"
+            " datasource logs in as: readings per day and grant, from the access audit"
+            " (docs/organisations.md). Any other login sees no rows."
+        ),
+        Query(
+            "SELECT direction, owner_org, owner, consumer_org, consumer, purpose, grant_id,"
+            " sum(readings) AS readings, sum(requests) AS requests"
+            "\nFROM data_flows($__timeFrom(), $__timeTo(), INTERVAL '1 day')"
+            "\nGROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY readings DESC",
+            ("direction", "owner_org", "owner", "consumer_org", "consumer", "purpose",
+             "grant_id", "readings", "requests"), "table",
+        ),
+        source=COORDINATOR_UID,
     )  # fmt: skip
     return b

@@ -13,6 +13,7 @@ from typing import Final
 from grafana.boards_city import cross_service, platform
 from grafana.boards_env import environment, utilities
 from grafana.boards_fleet import lighting, mobility
+from grafana.boards_region import region
 from grafana.model import Board
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,8 @@ DEFAULT_TIMEZONE: Final = "Europe/Paris"
 
 
 def boards(timezone: str = DEFAULT_TIMEZONE) -> list[Board]:
-    """Every dashboard, in its folder: one per service, the city's, the platform's."""
+    """Every dashboard, in its folder: one per service, the city's, the platform's, the
+    region's."""
     return [
         lighting(timezone),
         mobility(timezone),
@@ -34,6 +36,7 @@ def boards(timezone: str = DEFAULT_TIMEZONE) -> list[Board]:
         utilities("water", ("water",), timezone),
         cross_service(timezone),
         platform(timezone),
+        region(timezone),
     ]
 
 

@@ -20,6 +20,10 @@ from grafana_foundation_sdk.models import dashboard as dm
 POSTGRES: Final = "grafana-postgresql-datasource"
 # The datasource uids provisioning creates (grafana/provisioning/datasources/silobreak.yaml).
 PLATFORM_UID: Final = "silobreak-platform"
+# An organisation's coordinator (its data flows) and a regional body (pools across several
+# organisations' grants): datasources that log in as the roles a deployment names.
+COORDINATOR_UID: Final = "silobreak-coordinator"
+REGION_UID: Final = "silobreak-region"
 SERVICES: Final = ("lighting", "mobility", "environment", "energy", "water")
 DS_VARIABLE: Final = "datasource"
 
@@ -87,6 +91,8 @@ class PanelCheck:
     title: str
     queries: tuple[Query, ...]
     repeat: str | None = None
+    # A panel that reads through another datasource than its board's (its uid).
+    datasource_uid: str | None = None
 
 
 @dataclass(slots=True)
@@ -117,16 +123,19 @@ class Board:
         self.variables.append(var)
         return var
 
-    def add(self, panel: Any, *queries: Query, repeat: str | None = None) -> None:
-        """Attach the queries (A, B, ...) and the datasource to an SDK panel builder."""
+    def add(
+        self, panel: Any, *queries: Query, repeat: str | None = None, source: str | None = None
+    ) -> None:
+        """Attach the queries (A, B, ...) and the datasource (the board's, or the datasource
+        uid `source`) to an SDK panel builder."""
         for q in queries:
             panel.with_target(_Target(q))
-        panel.datasource(self.ref)
+        panel.datasource(self.ref if source is None else datasource(source))
         if repeat is not None:
             panel.repeat(repeat).repeat_direction("h").max_per_row(3)
         self._panels.append(panel)
         title = panel.build().title or ""
-        self.checks.append(PanelCheck(title, queries, repeat))
+        self.checks.append(PanelCheck(title, queries, repeat, source))
 
     def build(self) -> dm.Dashboard:
         dash = (

@@ -57,9 +57,11 @@ def role_for(principal: str, *, prefix: str = PREFIX) -> str:
 
 
 def viewers(conn: psycopg.Connection[Any]) -> list[str]:
-    """Who gets a role: enabled services and teams, and every service that owns devices."""
+    """Who gets a role: enabled services, teams and coordinators (a coordinator's role sees
+    its organisation's data flows), and every service that owns devices."""
     rows = conn.execute(
-        "SELECT name FROM principals WHERE kind IN ('service', 'team') AND disabled_at IS NULL"
+        "SELECT name FROM principals WHERE kind IN ('service', 'team', 'coordinator')"
+        " AND disabled_at IS NULL"
         " UNION SELECT DISTINCT service FROM devices"
         " EXCEPT SELECT name FROM principals WHERE disabled_at IS NOT NULL ORDER BY 1"
     ).fetchall()

@@ -9,7 +9,7 @@ read, not what was granted.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, cast
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
@@ -19,18 +19,14 @@ from streams.auth import CallerDep, forbidden
 router = APIRouter(prefix="/v1/flows", tags=["flows"])
 
 MAX_DAYS: Final = 366
-# The audit actions that move readings to a consumer.
-READS: Final = ("history.read", "delivery.batch")
 
+# One definition for the API and governed SQL (store/migrations/0062_flows.sql).
 _FLOWS: Final = """
-SELECT (a.at AT TIME ZONE 'UTC')::date AS day, a.grant_id, g.owner, g.owner_org, g.consumer,
-       g.consumer_org, g.purpose, g.granularity, g.status,
-       sum(a.readings)::bigint, count(*)::bigint
-FROM audit_log a JOIN grants g ON g.id = a.grant_id
-WHERE a.action = ANY(%(reads)s) AND a.at >= %(since)s
-  AND %(org)s IN (a.owner_org, a.consumer_org)
-GROUP BY 1, a.grant_id, g.id
-ORDER BY 1 DESC, a.grant_id
+SELECT "time", direction, grant_id, owner, owner_org, consumer, consumer_org, purpose,
+       granularity, grant_status, readings, requests
+FROM silobreak_flows(%(org)s, %(since)s, %(until)s, INTERVAL '1 day')
+WHERE %(direction)s::text IS NULL OR direction = %(direction)s
+ORDER BY 1 DESC, grant_id
 """
 
 
@@ -63,20 +59,19 @@ async def list_flows(
     org = caller.organisation
     since = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     since -= timedelta(days=days - 1)
+    until = datetime.now(UTC) + timedelta(seconds=1)
     async with request.app.state.pool.connection() as conn:
-        cur = await conn.execute(_FLOWS, {"reads": list(READS), "since": since, "org": org})
-        rows = await cur.fetchall()
-    out = []
-    for day, gid, owner, owner_org, consumer, consumer_org, purpose, gran, status, n, k in rows:
-        way: Literal["in", "out", "internal"] = (
-            "internal" if owner_org == consumer_org else "out" if owner_org == org else "in"
+        cur = await conn.execute(
+            _FLOWS, {"org": org, "since": since, "until": until, "direction": direction}
         )
-        if direction is None or way == direction:
-            out.append(
-                Flow(
-                    day=day, direction=way, grant_id=gid, owner=owner, owner_org=owner_org,
-                    consumer=consumer, consumer_org=consumer_org, purpose=purpose,
-                    granularity=gran, grant_status=status, readings=n, requests=k,
-                )
-            )  # fmt: skip
-    return out
+        rows = await cur.fetchall()
+    return [
+        Flow(
+            day=at.astimezone(UTC).date(), direction=cast(Literal["in", "out", "internal"], way),
+            grant_id=gid, owner=owner, owner_org=owner_org, consumer=consumer,
+            consumer_org=consumer_org, purpose=purpose, granularity=gran, grant_status=status,
+            readings=n, requests=k,
+        )
+        for at, way, gid, owner, owner_org, consumer, consumer_org, purpose, gran, status, n, k
+        in rows
+    ]  # fmt: skip

@@ -61,9 +61,25 @@ def grafana_build(check: bool, output: Path | None, timezone: str | None) -> Non
     "provisioning reads them with $__file{...}). Without it, passwords are left as they are.",
 )
 @click.option("--prefix", default="grafana_", show_default=True, help="Role name prefix.")
+@click.option(
+    "--coordinator",
+    help="With --secrets-dir: the coordinator principal the `silobreak coordinator` datasource "
+    "logs in as (its role's password also goes to DIR/coordinator).",
+)
+@click.option(
+    "--region",
+    help="With --secrets-dir: the regional body's principal the `silobreak region` datasource "
+    "logs in as (its role's password also goes to DIR/region).",
+)
 @click.pass_context
-def grafana_roles(ctx: click.Context, secrets_dir: Path | None, prefix: str) -> None:
-    """Create or update the database role of every service and team (idempotent)."""
+def grafana_roles(
+    ctx: click.Context,
+    secrets_dir: Path | None,
+    prefix: str,
+    coordinator: str | None,
+    region: str | None,
+) -> None:
+    """Create or update the database role of every service, team and coordinator (idempotent)."""
     from store.sql_roles import PLATFORM_ROLE, ensure_roles, new_password, viewers  # noqa: PLC0415
 
     settings = settings_of(ctx)
@@ -73,6 +89,11 @@ def grafana_roles(ctx: click.Context, secrets_dir: Path | None, prefix: str) -> 
             names = [prefix + p for p in viewers(conn)]
             names.append(prefix + PLATFORM_ROLE.removeprefix("grafana_"))
             passwords = _passwords(secrets_dir, names, new_password)
+            for alias, principal in (("coordinator", coordinator), ("region", region)):
+                if principal is not None:
+                    _alias(secrets_dir / alias, passwords, prefix + principal)
+        elif coordinator or region:
+            raise click.UsageError("--coordinator and --region need --secrets-dir")
         changes = ensure_roles(
             conn, passwords=passwords, prefix=prefix, min_pool=settings.streams_min_pool
         )
@@ -84,6 +105,15 @@ def grafana_roles(ctx: click.Context, secrets_dir: Path | None, prefix: str) -> 
 
 
 COMMANDS: Final[tuple[click.Command, ...]] = (grafana,)
+
+
+def _alias(path: Path, passwords: dict[str, str], role: str) -> None:
+    """The password of `role` under a fixed name, for a datasource whose login is configured."""
+    if role not in passwords:
+        raise SettingsError(f"{role} is no viewer's role (a service, team or coordinator)")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(passwords[role])
 
 
 def _passwords(directory: Path, roles: list[str], make: Callable[[], str]) -> dict[str, str]:

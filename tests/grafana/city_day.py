@@ -188,11 +188,14 @@ def grant(
     pool: str | None = None,
     expires_at: datetime | None = None,
 ) -> int:
-    """An active grant as streams.grants stores one; returns its id."""
+    """An active grant as streams.grants stores one; returns its id. Between two
+    organisations, as a contract both coordinators have signed."""
     row = conn.execute(
         "INSERT INTO grants (owner, consumer, device_types, metrics, districts, granularity,"
-        " interval_s, pool, purpose, expires_at, status, created_by)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'test', %s, 'active', %s) RETURNING id",
+        " interval_s, pool, purpose, expires_at, status, created_by, owner_approved_by,"
+        " owner_approved_at, consumer_accepted_by, consumer_accepted_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'test', %s, 'active', %s,"
+        " 'test', now(), 'test', now()) RETURNING id",
         (
             owner, consumer, device_types, metrics or [], districts, granularity, interval_s,
             pool, expires_at or datetime.now(UTC) + timedelta(days=30), owner,

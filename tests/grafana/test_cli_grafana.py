@@ -46,3 +46,27 @@ def test_roles_makes_a_password_file_per_role_and_keeps_it_on_a_second_run(
     again = runner.invoke(main, ["grafana", "roles", "--secrets-dir", str(secrets)])
     assert again.exit_code == 0, again.output
     assert files["grafana_lighting"].read_text() == password
+
+
+@pytest.mark.integration
+def test_roles_gives_the_coordinator_and_region_datasources_their_principals_passwords(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO principals (name, kind) VALUES ('data-office', 'coordinator'),"
+            " ('analysts', 'team')"
+        )
+    monkeypatch.setenv("SILOBREAK_DATABASE_URL", db_url)
+    secrets = tmp_path / "secrets"
+    args = ["grafana", "roles", "--secrets-dir", str(secrets)]
+    runner = CliRunner()
+    done = runner.invoke(main, [*args, "--coordinator", "data-office", "--region", "analysts"])
+    assert done.exit_code == 0, done.output
+    assert "grafana_data-office: created, reads as data-office" in done.output
+    assert (secrets / "coordinator").read_text() == (secrets / "grafana_data-office").read_text()
+    assert (secrets / "region").read_text() == (secrets / "grafana_analysts").read_text()
+    unknown = runner.invoke(main, [*args, "--coordinator", "nobody"])
+    assert unknown.exit_code != 0
+    assert "grafana_nobody is no viewer's role" in unknown.output
+    assert "Traceback" not in unknown.output

@@ -8,6 +8,7 @@ intervals so each level of the store is read: 30 s (raw rows), 5 min (1-minute a
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +21,11 @@ import yaml
 from grafana.boards_city import REASONS
 from grafana.build import DASHBOARDS, PROVISIONING, boards, check, write
 from grafana.macros import Context, expand
-from grafana.model import PLATFORM_UID, Board
+from grafana.model import COORDINATOR_UID, PLATFORM_UID, REGION_UID, Board
 from ingest.decode import REASONS as DEAD_LETTER_REASONS
 from store.sql_roles import PLATFORM_ROLE
 from tests.grafana.city_day import Day
+from tests.grafana.conftest import COORDINATOR, REGION_TEAM
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -31,9 +33,20 @@ INTERVALS = ("30s", "5m", "1h")
 BOARDS = {b.uid: b for b in boards()}
 
 
-def role_of(datasource_uid: str) -> str:
+# The datasources whose login a deployment names (provisioning reads it from the
+# environment), and the roles of the principals the test store has in those places.
+CONFIGURED = {
+    COORDINATOR_UID: ("$SILOBREAK_GRAFANA_COORDINATOR_ROLE", "grafana_" + COORDINATOR),
+    REGION_UID: ("$SILOBREAK_GRAFANA_REGION_ROLE", "grafana_" + REGION_TEAM),
+}
+
+
+def role_of(datasource_uid: str, *, provisioned: bool = False) -> str:
+    """The role a datasource logs in as: in the test store, or as provisioning writes it."""
     if datasource_uid == PLATFORM_UID:
         return PLATFORM_ROLE
+    if datasource_uid in CONFIGURED:
+        return CONFIGURED[datasource_uid][0 if provisioned else 1]
     return "grafana_" + datasource_uid.removeprefix("silobreak-")
 
 
@@ -48,10 +61,17 @@ def test_every_panel_query_returns_rows_with_the_columns_the_panel_expects(
 ) -> None:
     url, day = city_day
     board = BOARDS[uid]
-    with psycopg.connect(as_role(url, role_of(board.datasource_uid)), autocommit=True) as conn:
+    sources = {p.datasource_uid for p in board.checks if p.datasource_uid is not None}
+    with contextlib.ExitStack() as stack:
+        conns = {
+            s: stack.enter_context(psycopg.connect(as_role(url, role_of(s)), autocommit=True))
+            for s in {board.datasource_uid, *sources}
+        }
+        conn = conns[board.datasource_uid]
         values = _variables(conn, board, day)
         ran = 0
         for panel in board.checks:
+            conn = conns[panel.datasource_uid or board.datasource_uid]
             scoped = dict(values)
             if panel.repeat is not None:
                 # A repeated panel is drawn once per value, each with that value alone.
@@ -120,7 +140,9 @@ def test_dashboards_reference_only_provisioned_datasources_in_provisioned_folder
             assert uid in uids, f"{path}: datasource {uid!r} is not provisioned"
             assert ref["type"] == "grafana-postgresql-datasource"
     roles = {d["user"] for d in provisioned if d["type"] == "grafana-postgresql-datasource"}
-    assert roles == {role_of(b.datasource_uid) for b in boards()}
+    used = {b.datasource_uid for b in boards()}
+    used |= {p.datasource_uid for b in boards() for p in b.checks if p.datasource_uid}
+    assert roles == {role_of(u, provisioned=True) for u in used}
 
 
 def _variables(conn: psycopg.Connection[Any], board: Board, day: Day) -> dict[str, Any]:

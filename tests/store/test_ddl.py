@@ -66,6 +66,7 @@ def test_a_v1_database_gains_the_new_types_and_then_has_a_fresh_databases_schema
         "0052_job_status",
         "0060_organisations",
         "0061_regional_pools",
+        "0062_flows",
         "device type noise_sensor",
         "device type parking_bay",
     ]
