@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import psycopg
 
-from silobreak.local import _postgres_user, find_binary, free_port
+from silobreak.local import _postgres_user, find_binary, free_port, kill_postgres, postmaster_pid
 
 # A three-member bootstrap (initdb, two base backups) on 2 shared cores, other tests running.
 START_TIMEOUT_S: Final = 180.0
@@ -174,11 +174,7 @@ class Member:
         return _get(f"{self.api}/{path}")[0]
 
     def postmaster_pid(self) -> int | None:
-        try:
-            first = (self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0]
-        except (FileNotFoundError, PermissionError):
-            return None
-        return int(first) if first.strip().isdigit() and _alive(int(first)) else None
+        return postmaster_pid(self.data_dir)
 
 
 class LocalPatroni:
@@ -217,18 +213,25 @@ class LocalPatroni:
     def start(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.base_dir.chmod(0o755)
+        self.start_stopped()
+        self.wait_running()
+
+    def start_stopped(self) -> None:
+        """Start the Patroni of each member not running (first start, or after `crash`):
+        a member that was the primary rejoins as a replica (pg_rewind)."""
         patroni = find_binary("patroni")
         for member in self.members:
+            if member.process is not None:
+                continue
             member.base_dir.mkdir(parents=True, exist_ok=True)
             config = member.base_dir / "patroni.yml"
             config.write_text(json.dumps(self._config(member), indent=2))
             if self._as_user:
                 uid, gid = self._as_user["user"], self._as_user["group"]
-                for path in (member.base_dir, config):
+                member.log.touch()
+                for path in (member.base_dir, config, member.log):
                     os.chown(path, uid, gid)
             with member.log.open("ab") as out:
-                if self._as_user:
-                    os.chown(member.log, self._as_user["user"], self._as_user["group"])
                 member.process = subprocess.Popen(
                     [str(patroni), str(config)],
                     stdin=subprocess.DEVNULL,
@@ -239,7 +242,11 @@ class LocalPatroni:
                     env={**os.environ, "HOME": str(member.base_dir)},
                     **self._as_user,
                 )
-        wait_for(self._all_running, START_TIMEOUT_S, "a primary, two streaming replicas")
+
+    def wait_running(self) -> None:
+        """Wait for one primary, every other member a streaming replica, one of them its
+        synchronous standby."""
+        wait_for(self._all_running, START_TIMEOUT_S, "a primary, streaming replicas, a sync one")
 
     def _config(self, member: Member) -> dict[str, Any]:
         # Patroni reads YAML; JSON is YAML.
@@ -311,7 +318,7 @@ class LocalPatroni:
                 member.process = None
             pid = member.postmaster_pid()
             if pid is not None:
-                _kill_tree(pid)
+                kill_postgres(pid)
 
     # -- what the tests ask ---------------------------------------------------------------
 
@@ -327,6 +334,17 @@ class LocalPatroni:
         live = [m for m in self.members if m.process is not None]
         found = [m for m in live if m.status("primary") == 200]
         return found[0] if len(found) == 1 else None
+
+    def sync_standby(self) -> Member:
+        """The member Patroni has made the primary's synchronous standby."""
+        names = [
+            m.get("name")
+            for m in self.cluster().get("members", [])
+            if m.get("role") == "sync_standby"
+        ]
+        found = [m for m in self.members if m.name in names]
+        assert len(found) == 1, f"synchronous standbys: {names}"
+        return found[0]
 
     def synced(self) -> bool:
         """A leader with a synchronous standby that is streaming."""
@@ -364,7 +382,7 @@ class LocalPatroni:
             member.process.wait(STOP_TIMEOUT_S)
             member.process = None
         if pid is not None:
-            _kill_tree(pid)
+            kill_postgres(pid)
 
     def switchover(self, leader: Member, candidate: Member) -> None:
         """Ask the leader's Patroni to hand over to `candidate` now (REST /switchover)."""
@@ -379,41 +397,6 @@ class LocalPatroni:
             answer = r.read().decode()
         if r.status != 200:
             raise AssertionError(f"switchover refused: {r.status} {answer}")
-
-
-def _kill_tree(postmaster: int) -> None:
-    """SIGKILL a postmaster and its backends (each its own process group)."""
-    children: list[int] = []
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(postmaster, signal.SIGSTOP)
-        children = _children(postmaster)
-        os.kill(postmaster, signal.SIGKILL)
-    for child in children:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signal.SIGKILL)
-    wait_for(
-        lambda: not any(map(_alive, [postmaster, *children])),
-        STOP_TIMEOUT_S,
-        f"postgres {postmaster} and its backends to exit",
-    )
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                out.append(int(stat.parent.name))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:
