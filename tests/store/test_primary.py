@@ -15,7 +15,7 @@ from psycopg import sql
 from silobreak.local import LocalPostgres
 from store.errors import StoreUnavailable
 from store.migrate import migrate
-from store.primary import hosts_of, primary_kwargs
+from store.primary import hosts_of, primary_kwargs, writable_url
 from store.writer import ReadingsWriter
 
 TIMEOUT = timedelta(seconds=15)
@@ -44,6 +44,34 @@ def test_several_hosts_ask_for_the_primary_unless_the_url_says_otherwise(
 ) -> None:
     assert hosts_of(url) == hosts
     assert primary_kwargs(url) == added
+
+
+@pytest.mark.parametrize(
+    ("url", "written"),
+    [
+        ("postgresql://u@db1/city", "postgresql://u@db1/city"),
+        (
+            "postgresql://u@db1,db2/city?sslmode=require",
+            "postgresql://u@db1,db2/city?sslmode=require&target_session_attrs=read-write",
+        ),
+        ("host=db1,db2 dbname=city", "host=db1,db2 dbname=city target_session_attrs=read-write"),
+        ("host=db1,db2 port=5432,5433 dbname=city target_session_attrs=any", None),
+    ],
+)
+def test_writable_url_keeps_the_form_it_was_written_in(url: str, written: str | None) -> None:
+    assert writable_url(url) == (written or url)
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("host=db1,db2,db3 port=5432,5433 dbname=city", r"3 host.* 2 ports"),
+        ("postgresql://u@db1/city?no_such_option=1", "not a libpq URL"),
+    ],
+)
+def test_writable_url_refuses_what_libpq_would(url: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        writable_url(url)
 
 
 def _reading(device: str) -> tuple[object, ...]:

@@ -28,6 +28,8 @@ from typing import Any, Final
 
 import psycopg
 
+from silobreak import ha_config
+from silobreak.ha_config import HaConfig
 from silobreak.local import _postgres_user, find_binary, free_port, kill_postgres, postmaster_pid
 
 # A three-member bootstrap (initdb, two base backups) on 2 shared cores, other tests running.
@@ -225,7 +227,7 @@ class LocalPatroni:
                 continue
             member.base_dir.mkdir(parents=True, exist_ok=True)
             config = member.base_dir / "patroni.yml"
-            config.write_text(json.dumps(self._config(member), indent=2))
+            config.write_text(ha_config.render(self._config(member)) + "\n")
             if self._as_user:
                 uid, gid = self._as_user["user"], self._as_user["group"]
                 member.log.touch()
@@ -249,55 +251,26 @@ class LocalPatroni:
         wait_for(self._all_running, START_TIMEOUT_S, "a primary, streaming replicas, a sync one")
 
     def _config(self, member: Member) -> dict[str, Any]:
-        # Patroni reads YAML; JSON is YAML.
-        return {
-            "scope": self.scope,
-            "name": member.name,
-            "log": {"level": "INFO"},
-            "restapi": {
-                "listen": f"127.0.0.1:{member.api_port}",
-                "connect_address": f"127.0.0.1:{member.api_port}",
-            },
-            "etcd3": {"hosts": self.etcd.hosts},
-            "bootstrap": {
-                "dcs": {
-                    "ttl": TTL_S,
-                    "loop_wait": LOOP_WAIT_S,
-                    "retry_timeout": RETRY_TIMEOUT_S,
-                    "maximum_lag_on_failover": 1024 * 1024,
-                    "synchronous_mode": True,
-                    "synchronous_mode_strict": True,
-                    "postgresql": {
-                        "use_pg_rewind": True,
-                        "parameters": {
-                            "max_connections": 100,
-                            "wal_log_hints": "on",
-                            "timezone": "UTC",
-                            "log_timezone": "UTC",
-                        },
-                    },
-                },
-                "initdb": [{"encoding": "UTF8"}, {"locale": "C"}, {"auth": "trust"}],
-            },
-            "postgresql": {
-                "listen": f"127.0.0.1:{member.pg_port}",
-                "connect_address": f"127.0.0.1:{member.pg_port}",
-                "data_dir": str(member.data_dir),
-                "bin_dir": str(self._bin_dir),
-                "pgpass": str(member.base_dir / "pgpass"),
-                "authentication": {
-                    "superuser": {"username": "postgres"},
-                    "replication": {"username": "postgres"},
-                },
-                "pg_hba": [
-                    "local all all trust",
-                    "host all all 127.0.0.1/32 trust",
-                    "host replication all 127.0.0.1/32 trust",
-                ],
-                "parameters": {"unix_socket_directories": str(member.base_dir)},
-            },
-            "tags": {"nofailover": False, "noloadbalance": False},
-        }
+        """What `silobreak ha-config` writes, trusting 127.0.0.1, with short timings."""
+        config = HaConfig(
+            scope=self.scope,
+            members=tuple(
+                ha_config.Member(m.name, "127.0.0.1", m.pg_port, m.api_port, m.data_dir)
+                for m in self.members
+            ),
+            etcd_hosts=tuple(self.etcd.hosts),
+            bin_dir=self._bin_dir,
+            auth="trust",
+            ttl=TTL_S,
+            loop_wait=LOOP_WAIT_S,
+            retry_timeout=RETRY_TIMEOUT_S,
+            parameters={"max_connections": 100},
+        )
+        config.check()
+        written = config.member_config(config.members[self.members.index(member)])
+        # The member's socket in its own directory, not the machine's /var/run/postgresql.
+        written["postgresql"]["parameters"] = {"unix_socket_directories": str(member.base_dir)}
+        return written
 
     def _all_running(self) -> bool:
         for member in self.members:
