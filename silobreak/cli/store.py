@@ -367,6 +367,23 @@ async def _mirror_status(database_url: str, name: str) -> str:
     show_default=True,
     help="scram: generated passwords, logins from any address; trust: 127.0.0.1 only.",
 )
+@click.option(
+    "--superuser-password",
+    envvar="SILOBREAK_HA_SUPERUSER_PASSWORD",
+    help="The postgres role's password (default: generated); from the environment variable.",
+)
+@click.option(
+    "--replication-password",
+    envvar="SILOBREAK_HA_REPLICATION_PASSWORD",
+    help="The replicator role's password (default: generated); from the environment variable.",
+)
+@click.option(
+    "--parameter",
+    "parameters",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A postgresql.conf setting for every member, e.g. shared_preload_libraries=timescaledb.",
+)
 @click.option("--ttl", type=click.IntRange(5, 3600), default=30, show_default=True)
 @click.option("--loop-wait", type=click.IntRange(1, 3600), default=10, show_default=True)
 @click.option("--retry-timeout", type=click.IntRange(1, 3600), default=10, show_default=True)
@@ -381,6 +398,9 @@ def ha_config(
     data_root: Path,
     bin_dir: Path | None,
     auth: str,
+    superuser_password: str | None,
+    replication_password: str | None,
+    parameters: tuple[str, ...],
     ttl: int,
     loop_wait: int,
     retry_timeout: int,
@@ -390,6 +410,20 @@ def ha_config(
     from silobreak import ha_config as ha  # noqa: PLC0415
     from silobreak.local import find_binary  # noqa: PLC0415
 
+    settings: dict[str, str] = {}
+    for given in parameters:
+        name, sep, value = given.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{given!r}: write NAME=VALUE", param_hint="--parameter")
+        settings[name.strip()] = value.strip()
+    passwords = {
+        k: v
+        for k, v in (
+            ("superuser_password", superuser_password),
+            ("replication_password", replication_password),
+        )
+        if v
+    }
     config = ha.HaConfig(
         scope=scope,
         members=ha.members(members, hosts, pg_port, api_port, data_root),
@@ -399,6 +433,8 @@ def ha_config(
         ttl=ttl,
         loop_wait=loop_wait,
         retry_timeout=retry_timeout,
+        parameters=settings,
+        **passwords,
     )
     for path in ha.write(config, directory):
         click.echo(f"wrote {path}")
