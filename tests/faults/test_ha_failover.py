@@ -17,6 +17,7 @@ import pytest
 from psycopg import sql
 
 from silobreak.local import LocalMosquitto
+from silobreak.local_ha import LocalEtcd, LocalPatroni, missing
 from store.migrate import migrate
 from tests.e2e.harness import (
     IngestProcess,
@@ -29,7 +30,6 @@ from tests.e2e.harness import (
     wait_until,
 )
 from tests.faults.checks import assert_stored_exactly_once
-from tests.support.patroni import LocalEtcd, LocalPatroni, missing
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -38,7 +38,7 @@ TEMPLATE = "silobreak_ha_template"
 # 6,000 messages at 500/s: the publisher is still sending while the primary is gone.
 PER_DEVICE = 150
 RATE = 500.0
-# A failover waits out the leader key's TTL (tests.support.patroni.TTL_S) and the new
+# A failover waits out the leader key's TTL (silobreak.local_ha.TTL_S) and the new
 # primary's synchronous standby: generous on a shared machine.
 RECOVERY_S = 180.0
 

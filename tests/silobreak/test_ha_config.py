@@ -1,7 +1,7 @@
 """`silobreak ha-config`: Patroni's files for a synchronous cluster, and the URL to give.
 
 That Patroni runs a cluster from these files, fails over and switches over, is
-tests/faults/test_ha_failover.py (its clusters are configured by the same code).
+tests/faults/test_ha_failover.py (silobreak.local_ha configures its clusters with the same code).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""A PostgreSQL cluster of the test's own under Patroni: three etcd members, three PostgreSQL.
+"""A throwaway replicated PostgreSQL under Patroni, for tests and benchmarks: three etcd
+members, three PostgreSQL members in synchronous_mode_strict (`silobreak ha-config`'s files).
 
 Everything is its own: ports drawn by `free_port`, data under `base_dir`, a cluster name
 (`scope`) of its own. etcd runs as the caller; Patroni (and the PostgreSQL it starts, which
@@ -12,25 +13,30 @@ Readiness is read from what the servers say: etcd's `/health`, Patroni's REST AP
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import httpx
 import psycopg
 
 from silobreak import ha_config
 from silobreak.ha_config import HaConfig
-from silobreak.local import _postgres_user, find_binary, free_port, kill_postgres, postmaster_pid
+from silobreak.local import (
+    LocalServiceError,
+    _postgres_user,
+    find_binary,
+    free_port,
+    kill_postgres,
+    postmaster_pid,
+)
 
 # A three-member bootstrap (initdb, two base backups) on 2 shared cores, other tests running.
 START_TIMEOUT_S: Final = 180.0
@@ -55,26 +61,20 @@ def missing() -> str | None:
 def _get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
     """(status, JSON body or None) of a GET; status 0 when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, _json(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, _json(exc.read())
-    except (OSError, TimeoutError):
+        r = httpx.get(url, timeout=timeout)
+    except httpx.HTTPError:
         return 0, None
-
-
-def _json(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        return r.status_code, r.json()
     except ValueError:
-        return None
+        return r.status_code, None
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            raise LocalServiceError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(POLL_S)
 
 
@@ -136,7 +136,7 @@ class LocalEtcd:
     def healthy(self) -> bool:
         for proc in self._procs:
             if proc.process.poll() is not None:
-                raise AssertionError(f"{proc.name} exited:\n{_tail(proc.log)}")
+                raise LocalServiceError(f"{proc.name} exited:\n{_tail(proc.log)}")
         return all(_healthy(host) for host in self.hosts)
 
     def stop(self) -> None:
@@ -186,8 +186,17 @@ class LocalPatroni:
     `target_session_attrs=read-write`: it reaches whichever member is the primary.
     """
 
-    def __init__(self, base_dir: Path, etcd: LocalEtcd, members: int = 3) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        etcd: LocalEtcd,
+        members: int = 3,
+        *,
+        parameters: dict[str, Any] | None = None,
+    ) -> None:
         self.base_dir = base_dir.resolve()
+        # postgresql.conf settings of every member (e.g. track_commit_timestamp for benches).
+        self.parameters = {"max_connections": 100, **(parameters or {})}
         self.etcd = etcd
         self.scope = f"silobreak-{uuid.uuid4().hex[:8]}"
         self.members = [
@@ -264,7 +273,7 @@ class LocalPatroni:
             ttl=TTL_S,
             loop_wait=LOOP_WAIT_S,
             retry_timeout=RETRY_TIMEOUT_S,
-            parameters={"max_connections": 100},
+            parameters=self.parameters,
         )
         config.check()
         written = config.member_config(config.members[self.members.index(member)])
@@ -275,7 +284,7 @@ class LocalPatroni:
     def _all_running(self) -> bool:
         for member in self.members:
             if member.process is not None and member.process.poll() is not None:
-                raise AssertionError(f"patroni {member.name} exited:\n{_tail(member.log)}")
+                raise LocalServiceError(f"patroni {member.name} exited:\n{_tail(member.log)}")
         primaries = [m for m in self.members if m.status("primary") == 200]
         replicas = [m for m in self.members if m.status("replica") == 200]
         return len(primaries) == 1 and len(replicas) == len(self.members) - 1 and self.synced()
@@ -316,7 +325,8 @@ class LocalPatroni:
             if m.get("role") == "sync_standby"
         ]
         found = [m for m in self.members if m.name in names]
-        assert len(found) == 1, f"synchronous standbys: {names}"
+        if len(found) != 1:
+            raise LocalServiceError(f"not one synchronous standby: {names}")
         return found[0]
 
     def synced(self) -> bool:
@@ -359,17 +369,13 @@ class LocalPatroni:
 
     def switchover(self, leader: Member, candidate: Member) -> None:
         """Ask the leader's Patroni to hand over to `candidate` now (REST /switchover)."""
-        body = json.dumps({"leader": leader.name, "candidate": candidate.name}).encode()
-        request = urllib.request.Request(
+        r = httpx.post(
             f"{leader.api}/switchover",
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json"},
+            json={"leader": leader.name, "candidate": candidate.name},
+            timeout=START_TIMEOUT_S,
         )
-        with urllib.request.urlopen(request, timeout=START_TIMEOUT_S) as r:
-            answer = r.read().decode()
-        if r.status != 200:
-            raise AssertionError(f"switchover refused: {r.status} {answer}")
+        if r.status_code != 200:
+            raise LocalServiceError(f"switchover refused: {r.status_code} {r.text}")
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:
