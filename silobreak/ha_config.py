@@ -57,6 +57,9 @@ class HaConfig:
     loop_wait: int = DEFAULT_LOOP_WAIT
     retry_timeout: int = DEFAULT_RETRY_TIMEOUT
     parameters: Mapping[str, Any] = field(default_factory=dict)  # more postgresql.conf
+    # The address PostgreSQL and the REST API listen on; None: the member's own host (in a
+    # container, 0.0.0.0: the member's name resolves to an address the container may not bind).
+    bind: str | None = None
 
     def check(self) -> None:
         """Raise SettingsError for a cluster Patroni would refuse or that cannot be safe."""
@@ -95,7 +98,7 @@ class HaConfig:
             "scope": self.scope,
             "name": member.name,
             "restapi": {
-                "listen": f"{member.host}:{member.api_port}",
+                "listen": f"{self.bind or member.host}:{member.api_port}",
                 "connect_address": f"{member.host}:{member.api_port}",
             },
             "etcd3": {"hosts": list(self.etcd_hosts)},
@@ -121,7 +124,7 @@ class HaConfig:
                 "initdb": [{"encoding": "UTF8"}, {"locale": "C"}],
             },
             "postgresql": {
-                "listen": f"{member.host}:{member.pg_port}",
+                "listen": f"{self.bind or member.host}:{member.pg_port}",
                 "connect_address": f"{member.host}:{member.pg_port}",
                 "data_dir": str(member.data_dir),
                 "bin_dir": str(self.bin_dir),

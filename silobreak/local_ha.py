@@ -7,7 +7,7 @@ refuses root) as `postgres`. Every process is stopped by its own pid at the end;
 machine's own PostgreSQL and etcd services are never touched.
 
 Readiness is read from what the servers say: etcd's `/health`, Patroni's REST API
-(`/primary`, `/replica`, `/sync`, `/cluster`), never from the clock.
+(`/primary`, `/replica`, `/cluster`), never from the clock.
 """
 
 from __future__ import annotations

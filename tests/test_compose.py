@@ -117,6 +117,7 @@ def test_the_ha_profile_runs_three_etcd_and_three_patroni_members_of_the_written
     setup = services["ha-setup"]
     args = setup["command"]
     assert args[0] == "ha-config"
+    assert "--bind=0.0.0.0" in args  # the health check asks 127.0.0.1 inside the container
     assert [a for a in args if a.startswith("--host=")] == [f"--host=pg-{i}" for i in (1, 2, 3)]
     assert [a for a in args if a.startswith("--etcd=")] == [
         f"--etcd=etcd-{i}:2379" for i in (1, 2, 3)

@@ -346,6 +346,10 @@ async def _mirror_status(database_url: str, name: str) -> str:
     help="host:port of an etcd member's client URL, once per etcd member.",
 )
 @click.option("--scope", default="silobreak", show_default=True, help="The cluster's name.")
+@click.option(
+    "--bind",
+    help="The address each member listens on (default: its --host; 0.0.0.0 in containers).",
+)
 @click.option("--pg-port", type=click.IntRange(1, 65535), default=5432, show_default=True)
 @click.option("--api-port", type=click.IntRange(1, 65535), default=8008, show_default=True)
 @click.option(
@@ -393,6 +397,7 @@ def ha_config(
     hosts: tuple[str, ...],
     etcd_hosts: tuple[str, ...],
     scope: str,
+    bind: str | None,
     pg_port: int,
     api_port: int,
     data_root: Path,
@@ -434,6 +439,7 @@ def ha_config(
         loop_wait=loop_wait,
         retry_timeout=retry_timeout,
         parameters=settings,
+        bind=bind,
         **passwords,
     )
     for path in ha.write(config, directory):

@@ -106,6 +106,18 @@ def test_a_cluster_patroni_would_refuse_is_refused_first(
         _config(**changes).check()
 
 
+def test_members_listen_on_their_host_unless_told_to_bind_elsewhere() -> None:
+    config = _config()
+    assert config.member_config(config.members[1])["postgresql"]["listen"] == "db2:5432"
+    bound = _config(bind="0.0.0.0")
+    written = bound.member_config(bound.members[1])
+    assert written["postgresql"]["listen"] == "0.0.0.0:5432"
+    assert written["restapi"]["listen"] == "0.0.0.0:8008"
+    # Others reach it by its name all the same.
+    assert written["postgresql"]["connect_address"] == "db2:5432"
+    assert written["restapi"]["connect_address"] == "db2:8008"
+
+
 def test_trust_is_for_the_loopback_only_and_has_no_passwords() -> None:
     config = _config(auth="trust")
     written = config.member_config(config.members[0])
