@@ -203,6 +203,9 @@ class LocalPatroni:
             Member(f"pg{i}", free_port(), free_port(), self.base_dir / f"pg{i}")
             for i in range(members)
         ]
+        # Where the other members reach a member's PostgreSQL (its WAL stream, pg_rewind), by
+        # name, when not its own port: a relay a test can cut. Set before `start`.
+        self.connect_ports: dict[str, int] = {}
         self._as_user = _postgres_user() if os.geteuid() == 0 else {}
         self._bin_dir = find_binary("pg_ctl").resolve().parent
 
@@ -279,6 +282,9 @@ class LocalPatroni:
         written = config.member_config(config.members[self.members.index(member)])
         # The member's socket in its own directory, not the machine's /var/run/postgresql.
         written["postgresql"]["parameters"] = {"unix_socket_directories": str(member.base_dir)}
+        if member.name in self.connect_ports:
+            port = self.connect_ports[member.name]
+            written["postgresql"]["connect_address"] = f"127.0.0.1:{port}"
         return written
 
     def _all_running(self) -> bool:

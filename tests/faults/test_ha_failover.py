@@ -8,6 +8,7 @@ which the synchronous standby has confirmed, so the standby that takes over has 
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from tests.e2e.harness import (
     wait_until,
 )
 from tests.faults.checks import assert_stored_exactly_once
+from tests.support.proxy import ThreadedProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -44,7 +46,14 @@ RECOVERY_S = 180.0
 
 
 @pytest.fixture(scope="module")
-def cluster(services_root: Path) -> Iterator[LocalPatroni]:
+def links() -> dict[str, ThreadedProxy]:
+    """Per member, the relay the other members reach its PostgreSQL through (its WAL stream
+    to the standbys when it is the primary): a link a test can cut. Filled by `cluster`."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def cluster(services_root: Path, links: dict[str, ThreadedProxy]) -> Iterator[LocalPatroni]:
     why = missing()
     assert why is None, why
     base = services_root / f"ha{uuid.uuid4().hex[:8]}"
@@ -52,6 +61,14 @@ def cluster(services_root: Path) -> Iterator[LocalPatroni]:
     base.chmod(0o755)
     etcd = LocalEtcd(base / "etcd")
     patroni = LocalPatroni(base / "patroni", etcd)
+    with contextlib.ExitStack() as relays:
+        for member in patroni.members:
+            links[member.name] = relays.enter_context(ThreadedProxy(member.pg_port))
+            patroni.connect_ports[member.name] = links[member.name].port
+        yield from _running(patroni, etcd)
+
+
+def _running(patroni: LocalPatroni, etcd: LocalEtcd) -> Iterator[LocalPatroni]:
     try:
         etcd.start()
         patroni.start()
@@ -75,11 +92,13 @@ def cluster(services_root: Path) -> Iterator[LocalPatroni]:
 
 
 @pytest.fixture
-def ha_db(cluster: LocalPatroni) -> str:
+def ha_db(cluster: LocalPatroni, links: dict[str, ThreadedProxy]) -> str:
     """A migrated database of this test's own on the cluster: its multi-host URL.
 
     Every member is running and the primary has its synchronous standby before the test
-    starts (a member an earlier test crashed has rejoined)."""
+    starts (a member an earlier test crashed has rejoined, every link is up)."""
+    for link in links.values():
+        link.unblock()
     cluster.start_stopped()
     cluster.wait_running()
     dbname = f"t_{uuid.uuid4().hex[:12]}"
@@ -136,3 +155,47 @@ def test_the_primary_lost_under_load_loses_and_doubles_nothing(
     assert proc.proc.poll() is None
     if strike == "switchover":
         assert new is candidate
+
+
+def test_commits_wait_for_the_standby_and_nothing_is_acknowledged_without_it(
+    cluster: LocalPatroni,
+    links: dict[str, ThreadedProxy],
+    ha_db: str,
+    broker: LocalMosquitto,
+    device_prefix: str,
+    start_ingestor: StartIngestor,
+) -> None:
+    """The primary's link to its standbys cut mid-stream: in synchronous_mode_strict every
+    commit waits for a standby, so ingest's batches fail at its store deadline and it
+    acknowledges nothing until the link is back; then everything is stored once, on the
+    primary and on its synchronous standby.
+
+    (A batch given up on may still become visible on the primary alone: ending its session
+    cancels the wait for the standby after the local commit. It was not acknowledged, so it
+    is written again, and the retry's own commit waits for the standby like any other.)"""
+    records = fleet(device_prefix, per_type=10)
+    register(ha_db, records)
+    items = messages(records, per_device=PER_DEVICE)
+    proc = start_ingestor(broker.url, ha_db, store_timeout="4s")
+    sender = Publishing(
+        broker.url, [(t, p) for t, p, *_ in items], f"{device_prefix}pub", rate=RATE
+    )
+    wait_until(lambda: message_count(ha_db, device_prefix) >= 500, 60, "a first 500 stored")
+    primary = cluster.wait_primary()
+    standby = cluster.sync_standby()
+    links[primary.name].block()  # every standby's WAL stream from the primary, and its retries
+    first = proc.wait_for_log("did not answer", timeout=RECOVERY_S)
+    acknowledged = proc.metric("silobreak_ingest_received_total")
+    # Commits keep waiting while the publisher sends the rest (seconds: several deadlines).
+    sender.join(RECOVERY_S)
+    assert proc.metric("silobreak_ingest_received_total") == acknowledged
+    assert proc.health()[0] == 503
+    links[primary.name].unblock()
+    proc.wait_for_log("store is back", timeout=RECOVERY_S, start=first)
+    wait_for_messages(ha_db, device_prefix, len(items), timeout=RECOVERY_S)
+    assert proc.metric("silobreak_ingest_received_total") == len(items)
+    dbname = str(psycopg.conninfo.conninfo_to_dict(ha_db)["dbname"])
+    assert_stored_exactly_once(cluster.member_url(primary, dbname), device_prefix, items)
+    on_standby = cluster.member_url(standby, dbname)
+    wait_for_messages(on_standby, device_prefix, len(items), timeout=RECOVERY_S)
+    assert_stored_exactly_once(on_standby, device_prefix, items)
