@@ -1,9 +1,11 @@
-"""The primary of a Patroni cluster lost or handed over while ingest stores: nothing lost.
+"""The primary of a Patroni cluster lost, handed over or cut off from its standbys while
+ingest stores: nothing lost, nothing acknowledged that a standby does not have.
 
 One cluster for the module: three etcd members, three PostgreSQL members under Patroni in
-`synchronous_mode_strict`. The ingestor is given the multi-host URL of all three and finds
-the primary on its own; it acknowledges a message to the broker only after the commit,
-which the synchronous standby has confirmed, so the standby that takes over has it.
+`synchronous_mode_strict`, each member's WAL stream to the others through a relay the tests
+can cut. The ingestor is given the multi-host URL of all three and finds the primary on its
+own; it acknowledges a message to the broker only after the commit, which the synchronous
+standby has confirmed, so the standby that takes over has it.
 """
 
 from __future__ import annotations
