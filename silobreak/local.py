@@ -185,25 +185,8 @@ class LocalPostgres(_Service):
     def kill(self) -> None:
         """SIGKILL the postmaster and its backends, as a crash would; start() recovers."""
         pid = self._postmaster_pid()
-        if pid is None:
-            return
-        # Each backend is its own process group (PostgreSQL calls setsid), so they are found
-        # by parent; stopping the postmaster first means it forks no new one meanwhile.
-        children: list[int] = []
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGSTOP)
-            children = _children(pid)
-            os.kill(pid, signal.SIGKILL)
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGKILL)
-        self._reap()
-        # An orphaned backend still attached to the shared memory would block the restart.
-        _wait_for(
-            lambda: not any(map(_alive, [pid, *children])),
-            STOP_TIMEOUT_S,
-            f"postgres {self.base_dir} processes to exit",
-        )
+        if pid is not None:
+            kill_postgres(pid, self._reap)
 
     def is_running(self) -> bool:
         return self._postmaster_pid() is not None
@@ -309,15 +292,41 @@ log_timezone = 'UTC'
             self._process = None
 
     def _postmaster_pid(self) -> int | None:
-        """The pid in postmaster.pid if that process is alive, else None."""
-        try:
-            first_line = (self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0]
-        except (FileNotFoundError, PermissionError):
-            return None
-        if not first_line.strip().isdigit():
-            return None
-        pid = int(first_line)
-        return pid if _alive(pid) else None
+        return postmaster_pid(self.data_dir)
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    """The pid in a cluster's postmaster.pid if that process is alive, else None."""
+    try:
+        first_line = (data_dir / "postmaster.pid").read_text().split("\n", 1)[0]
+    except (FileNotFoundError, PermissionError):
+        return None
+    if not first_line.strip().isdigit():
+        return None
+    pid = int(first_line)
+    return pid if _alive(pid) else None
+
+
+def kill_postgres(pid: int, reap: Callable[[], None] = lambda: None) -> None:
+    """SIGKILL a postmaster and its backends, as a crash would, and wait until they are gone;
+    `reap` waits on the postmaster where it is the caller's child."""
+    # Each backend is its own process group (PostgreSQL calls setsid), so they are found
+    # by parent; stopping the postmaster first means it forks no new one meanwhile.
+    children: list[int] = []
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGSTOP)
+        children = _children(pid)
+        os.kill(pid, signal.SIGKILL)
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+    reap()
+    # An orphaned backend still attached to the shared memory would block the restart.
+    _wait_for(
+        lambda: not any(map(_alive, [pid, *children])),
+        STOP_TIMEOUT_S,
+        f"postgres {pid} and its backends to exit",
+    )
 
 
 class _UserKwargs(TypedDict, total=False):

@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -52,13 +52,27 @@ def parse_duration(value: object) -> timedelta:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
+def _database_url(value: object) -> object:
+    # Imported here: the store package is not loaded by commands that never touch it.
+    from store.primary import writable_url  # noqa: PLC0415
+
+    return writable_url(value) if isinstance(value, str) else value
+
+
+# A libpq URL; one naming several hosts (every member of a replicated cluster) reaches the
+# primary, wherever it is after a failover (store.primary).
+DatabaseUrl = Annotated[str, AfterValidator(_database_url)]
+
+
 class Settings(BaseSettings):
     """Everything a silobreak process is configured with."""
 
     model_config = SettingsConfigDict(env_prefix="SILOBREAK_", frozen=True, extra="forbid")
 
     mqtt_url: str = "mqtt://127.0.0.1:1883"
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/silobreak"
+    # Several hosts for a replicated cluster: `postgresql://u@db1:5432,db2:5432,db3:5432/city`
+    # (docs/scaling.md, Database tier); `target_session_attrs=read-write` is added if unset.
+    database_url: DatabaseUrl = "postgresql://postgres@127.0.0.1:5432/silobreak"
     api_url: str = "http://127.0.0.1:8080"
     store_backend: Literal["auto", "plain", "timescale"] = "auto"
     # An operator's device catalog (TOML, the format of devices/catalog.toml): its types are

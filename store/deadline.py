@@ -16,6 +16,8 @@ from typing import Any, Final
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from store.primary import primary_kwargs
+
 logger = logging.getLogger(__name__)
 
 # A batch commits in ~50 ms here (docs/benchmarks.md) and a connection opens in a few ms:
@@ -39,10 +41,14 @@ def connect_kwargs(conninfo: str, timeout: timedelta) -> dict[str, Any]:
       later. With these the server ends such a backend when the client's deadline ends its
       call. Our statements take milliseconds, and a longer one the deadline cuts anyway.
 
-    What the URL sets itself is left alone.
+    - `target_session_attrs=read-write` when the URL names several hosts
+      (`store.primary.primary_kwargs`): the caller writes, so it needs the primary.
+
+    `connect_timeout` bounds each host's attempt, so a URL naming n silent hosts may wait n
+    times `timeout` before the connect fails. What the URL sets itself is left alone.
     """
     params = conninfo_to_dict(conninfo)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = primary_kwargs(conninfo)
     if "connect_timeout" not in params:
         seconds = max(_MIN_CONNECT_TIMEOUT_S, math.ceil(timeout.total_seconds()))
         kwargs["connect_timeout"] = seconds
@@ -111,19 +117,25 @@ def sever(conn: psycopg.AsyncConnection[Any]) -> None:
 
 @dataclass(frozen=True)
 class Session:
-    """A server backend, named by its pid and start time (a pid alone may be reused)."""
+    """A server backend, named by its pid and start time (a pid alone may be reused), and
+    the server it ran on, by its postmaster's start time: after a failover the next connect
+    reaches another server, where the same pid is someone else's session."""
 
     pid: int
     started: datetime
+    server_started: datetime
 
 
 async def session_of(conn: psycopg.AsyncConnection[Any]) -> Session | None:
     """The server session behind `conn`, or None where the server does not list it."""
     cur = await conn.execute(
-        "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+        "SELECT pid, backend_start, pg_postmaster_start_time() FROM pg_stat_activity"
+        " WHERE pid = pg_backend_pid()"
     )
     row = await cur.fetchone()
-    return Session(row[0], row[1]) if row is not None and row[1] is not None else None
+    if row is None or row[1] is None or row[2] is None:
+        return None
+    return Session(row[0], row[1], row[2])
 
 
 async def end_session(conn: psycopg.AsyncConnection[Any], session: Session) -> bool:
@@ -136,11 +148,14 @@ async def end_session(conn: psycopg.AsyncConnection[Any], session: Session) -> b
     one waiting for the client inside a statement (COPY FROM STDIN, mid-batch) heeds no
     timeout, and the batch's retry waits on those keys behind it. Only a terminate reaches
     it; a role may end its own sessions.
+
+    Only on the server the session ran on: a connection that reached another one (a standby
+    promoted after a failover, the same server restarted) finds nothing to end.
     """
     cur = await conn.execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-        " WHERE pid = %s AND backend_start = %s",
-        [session.pid, session.started],
+        " WHERE pid = %s AND backend_start = %s AND pg_postmaster_start_time() = %s",
+        [session.pid, session.started, session.server_started],
     )
     row = await cur.fetchone()
     if row is None:

@@ -14,6 +14,7 @@ from psycopg import sql
 
 from store.deadline import Deadline, Session, connect_kwargs, end_session, session_of
 from store.errors import StoreError, StoreRefused, StoreUnavailable, first_line
+from store.primary import READ_ONLY_SQLSTATE, primary_kwargs
 from store.schema import READINGS_TABLES, ReadingsTable
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,9 @@ _PARTITIONS_AHEAD: Final = 2
 READINGS_CHANNEL: Final = "silobreak_readings"
 _NOTIFY: Final = f"SELECT pg_notify('{READINGS_CHANNEL}', txid_current()::text)".encode()
 # SQLSTATE classes after which the same batch may succeed later: 08 connection exception,
-# 53 insufficient resources (disk full), 57 operator intervention (shutdown), 40 rollback.
+# 53 insufficient resources (disk full), 57 operator intervention (shutdown), 40 rollback;
+# and 25006, a read-only server: a standby, or a primary demoted under a switchover, while
+# another member takes writes (store.primary).
 _RETRYABLE_CLASSES: Final = ("08", "53", "57", "40")
 # SQLSTATEs that say the database refuses some rows of a batch for what they hold, and will
 # refuse them on every try (StoreRefused; ingest then sets those messages aside with
@@ -118,7 +121,11 @@ class ReadingsWriter:
                 self._conninfo,
                 application_name=f"silobreak-{self._name}",
                 prepare_threshold=None if self._insert_mode == "unnest" else 5,
-                **(connect_kwargs(self._conninfo, self._timeout) if self._timeout else {}),
+                **(
+                    connect_kwargs(self._conninfo, self._timeout)
+                    if self._timeout
+                    else primary_kwargs(self._conninfo)
+                ),
             )
             await self._conn.set_autocommit(True)
             row = await (
@@ -552,4 +559,8 @@ def _by_type(messages: Sequence[Message]) -> dict[str, list[Row]]:
 
 def _retryable(exc: psycopg.Error) -> bool:
     state = exc.sqlstate or ""
-    return isinstance(exc, psycopg.OperationalError) or state[:2] in _RETRYABLE_CLASSES
+    return (
+        isinstance(exc, psycopg.OperationalError)
+        or state[:2] in _RETRYABLE_CLASSES
+        or state == READ_ONLY_SQLSTATE
+    )

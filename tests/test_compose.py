@@ -5,6 +5,7 @@ No Docker engine runs here: Debian's docker-compose validates the file (`config`
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,18 +18,24 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 
 
-@pytest.fixture(scope="module")
-def resolved() -> dict[str, Any]:
-    """The file as Compose resolves it (anchors merged, variables defaulted)."""
+def _resolved(*args: str, **env: str) -> dict[str, Any]:
+    """`docker-compose [args] config`, with `env` added to the environment."""
     binary = shutil.which("docker-compose")
     assert binary, "docker-compose not found: run scripts/system-deps (Debian docker-compose)"
     result = subprocess.run(
-        [binary, "-f", str(COMPOSE), "config"],
+        [binary, "-f", str(COMPOSE), *args, "config"],
         capture_output=True, text=True, check=False, timeout=60, cwd=ROOT,
+        env={**os.environ, **env},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     config: dict[str, Any] = yaml.safe_load(result.stdout)
     return config
+
+
+@pytest.fixture(scope="module")
+def resolved() -> dict[str, Any]:
+    """The file as Compose resolves it (anchors merged, variables defaulted)."""
+    return _resolved()
 
 
 def test_compose_file_validates(resolved: dict[str, Any]) -> None:
@@ -98,3 +105,33 @@ def mounts(service: dict[str, Any]) -> dict[str, str]:
         source, target = volume.split(":")[:2]
         found[target] = source
     return found
+
+
+def test_the_ha_profile_runs_three_etcd_and_three_patroni_members_of_the_written_config() -> None:
+    resolved = _resolved("--profile", "ha", SILOBREAK_DB_HOSTS="pg-1:5432,pg-2:5432,pg-3:5432")
+    services = resolved["services"]
+    ha = sorted(name for name, s in services.items() if "ha" in s.get("profiles", []))
+    assert ha == ["etcd-1", "etcd-2", "etcd-3", "ha-setup", "pg-1", "pg-2", "pg-3"]
+    # Outside the profile nothing changes: the platform's services run in every profile.
+    assert all(not services[n].get("profiles") for n in ("setup", "ingest-1", "streams"))
+    setup = services["ha-setup"]
+    args = setup["command"]
+    assert args[0] == "ha-config"
+    assert "--bind=0.0.0.0" in args  # the health check asks 127.0.0.1 inside the container
+    assert [a for a in args if a.startswith("--host=")] == [f"--host=pg-{i}" for i in (1, 2, 3)]
+    assert [a for a in args if a.startswith("--etcd=")] == [
+        f"--etcd=etcd-{i}:2379" for i in (1, 2, 3)
+    ]
+    for i in range(3):
+        member = services[f"pg-{i + 1}"]
+        assert member["command"] == [f"/etc/patroni/pg{i}.yml"]  # ha-config's file names
+        assert Path(member["build"]["context"]) == ROOT / "deploy/patroni"
+        assert member["depends_on"]["ha-setup"]["condition"] == "service_completed_successfully"
+        assert "/health" in " ".join(member["healthcheck"]["test"])
+    url = services["ingest-1"]["environment"]["SILOBREAK_DATABASE_URL"]
+    assert "@pg-1:5432,pg-2:5432,pg-3:5432/silobreak" in url
+    peers = [a for a in services["etcd-2"]["command"] if a.startswith("--initial-cluster=")]
+    assert peers == [
+        "--initial-cluster=" + ",".join(f"etcd-{i}=http://etcd-{i}:2380" for i in (1, 2, 3))
+    ]
+    assert (ROOT / "deploy/patroni/Dockerfile").is_file()

@@ -75,6 +75,12 @@ def bench(ctx: click.Context, only: tuple[str, ...], quick: bool, write: Path | 
 @click.option("--latency-seconds", type=click.FloatRange(0, 600), default=10, show_default=True)
 @click.option("--ingestors", type=click.IntRange(1, 8), default=1, show_default=True)
 @click.option("--no-baseline", is_flag=True, help="Measure silobreak only.")
+@click.option(
+    "--ha",
+    is_flag=True,
+    help="Against a synchronous Patroni cluster and a single PostgreSQL instead of the "
+    "baseline, then a failover (starts etcd and Patroni; see docs/scaling.md).",
+)
 def bench_ingest(
     messages: int,
     devices: int,
@@ -83,8 +89,24 @@ def bench_ingest(
     latency_seconds: float,
     ingestors: int,
     no_baseline: bool,
+    ha: bool,
 ) -> None:
     """End-to-end ingest throughput and latency, against a hand-rolled baseline."""
+    if ha:
+        from silobreak.bench.ha_bench import run_ha_bench  # noqa: PLC0415
+
+        if ingestors != 1:
+            raise click.BadParameter("--ha runs one ingestor", param_hint="--ingestors")
+        ha_report = run_ha_bench(
+            messages=messages,
+            devices=devices,
+            runs=runs,
+            rate=rate,
+            latency_seconds=latency_seconds,
+            log=lambda line: click.echo(line, err=True),
+        )
+        click.echo(ha_report.markdown())
+        return
     from silobreak.bench.ingest_bench import run_ingest_bench  # noqa: PLC0415
 
     report = run_ingest_bench(

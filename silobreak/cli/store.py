@@ -1,4 +1,5 @@
-"""Store commands: `migrate`, `maintain`, `retention`, `backfill`, `query` and `mirror`."""
+"""Store commands: `migrate`, `maintain`, `retention`, `backfill`, `query`, `mirror` and
+`ha-config`."""
 
 from __future__ import annotations
 
@@ -322,6 +323,130 @@ async def _mirror_status(database_url: str, name: str) -> str:
     return f"mirror {name}: {now.sent} sent, {now.behind} behind, at {now.updated_at}{error}"
 
 
+@click.command("ha-config")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Where to write one <member>.yml per member (not world-readable: passwords).",
+)
+@click.option("--members", type=click.IntRange(2, 9), default=3, show_default=True)
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    help="A member's host, once per member (default: all on 127.0.0.1, ports counted up).",
+)
+@click.option(
+    "--etcd",
+    "etcd_hosts",
+    multiple=True,
+    required=True,
+    help="host:port of an etcd member's client URL, once per etcd member.",
+)
+@click.option("--scope", default="silobreak", show_default=True, help="The cluster's name.")
+@click.option(
+    "--bind",
+    help="The address each member listens on (default: its --host; 0.0.0.0 in containers).",
+)
+@click.option("--pg-port", type=click.IntRange(1, 65535), default=5432, show_default=True)
+@click.option("--api-port", type=click.IntRange(1, 65535), default=8008, show_default=True)
+@click.option(
+    "--data-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/var/lib/postgresql/patroni"),
+    show_default=True,
+    help="Each member's data directory is DATA_ROOT/<member>.",
+)
+@click.option(
+    "--bin-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="PostgreSQL's programs (default: where pg_ctl is found).",
+)
+@click.option(
+    "--auth",
+    type=click.Choice(["scram", "trust"]),
+    default="scram",
+    show_default=True,
+    help="scram: generated passwords, logins from any address; trust: 127.0.0.1 only.",
+)
+@click.option(
+    "--superuser-password",
+    envvar="SILOBREAK_HA_SUPERUSER_PASSWORD",
+    help="The postgres role's password (default: generated); from the environment variable.",
+)
+@click.option(
+    "--replication-password",
+    envvar="SILOBREAK_HA_REPLICATION_PASSWORD",
+    help="The replicator role's password (default: generated); from the environment variable.",
+)
+@click.option(
+    "--parameter",
+    "parameters",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A postgresql.conf setting for every member, e.g. shared_preload_libraries=timescaledb.",
+)
+@click.option("--ttl", type=click.IntRange(5, 3600), default=30, show_default=True)
+@click.option("--loop-wait", type=click.IntRange(1, 3600), default=10, show_default=True)
+@click.option("--retry-timeout", type=click.IntRange(1, 3600), default=10, show_default=True)
+def ha_config(
+    directory: Path,
+    members: int,
+    hosts: tuple[str, ...],
+    etcd_hosts: tuple[str, ...],
+    scope: str,
+    bind: str | None,
+    pg_port: int,
+    api_port: int,
+    data_root: Path,
+    bin_dir: Path | None,
+    auth: str,
+    superuser_password: str | None,
+    replication_password: str | None,
+    parameters: tuple[str, ...],
+    ttl: int,
+    loop_wait: int,
+    retry_timeout: int,
+) -> None:
+    """Write Patroni's configuration of a PostgreSQL cluster in synchronous_mode_strict, and
+    print the multi-host SILOBREAK_DATABASE_URL that follows its primary (docs/scaling.md)."""
+    from silobreak import ha_config as ha  # noqa: PLC0415
+    from silobreak.local import find_binary  # noqa: PLC0415
+
+    settings: dict[str, str] = {}
+    for given in parameters:
+        name, sep, value = given.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{given!r}: write NAME=VALUE", param_hint="--parameter")
+        settings[name.strip()] = value.strip()
+    passwords = {
+        k: v
+        for k, v in (
+            ("superuser_password", superuser_password),
+            ("replication_password", replication_password),
+        )
+        if v
+    }
+    config = ha.HaConfig(
+        scope=scope,
+        members=ha.members(members, hosts, pg_port, api_port, data_root),
+        etcd_hosts=etcd_hosts,
+        bin_dir=bin_dir or find_binary("pg_ctl").resolve().parent,
+        auth="trust" if auth == "trust" else "scram",
+        ttl=ttl,
+        loop_wait=loop_wait,
+        retry_timeout=retry_timeout,
+        parameters=settings,
+        bind=bind,
+        **passwords,
+    )
+    for path in ha.write(config, directory):
+        click.echo(f"wrote {path}")
+    click.echo(f"SILOBREAK_DATABASE_URL={config.database_url()}")
+
+
 COMMANDS: Final[tuple[click.Command, ...]] = (
-    migrate, maintain, retention, backfill, query, mirror,
+    migrate, maintain, retention, backfill, query, mirror, ha_config,
 )  # fmt: skip

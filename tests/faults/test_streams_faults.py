@@ -81,7 +81,10 @@ class _HookHandler(BaseHTTPRequestHandler):
     server: HookReceiver
 
     def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
+        length = int(self.headers["Content-Length"])
+        body = self.rfile.read(length)
+        if len(body) < length:
+            return  # the sender was killed mid-request: nothing was delivered, nothing answered
         with self.server.lock:
             self.server.posts.append(
                 (self.headers[webhooks.IDEMPOTENCY_HEADER], dict(self.headers), body)

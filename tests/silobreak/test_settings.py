@@ -10,7 +10,14 @@ import pytest
 
 from ingest.service import IngestConfig
 from retries import Policy
-from silobreak.settings import Settings, ingest_config, mirror_config, streams_config
+from silobreak.settings import (
+    Settings,
+    SettingsError,
+    ingest_config,
+    load_settings,
+    mirror_config,
+    streams_config,
+)
 from store.errors import StoreError
 from store.mirror import MirrorConfig
 from streams.gateway import StreamsConfig
@@ -63,3 +70,20 @@ def test_mirror_config_without_an_influx_url_says_which_setting_to_set() -> None
     assert not mirror_config(
         Settings(influx_url="http://influx:8086"), from_beginning=False
     ).from_beginning
+
+
+def test_a_database_url_naming_several_hosts_asks_for_the_primary() -> None:
+    several = "postgresql://postgres@db1:5432,db2:5432,db3:5432/city"
+    assert Settings(database_url=several).database_url == (
+        f"{several}?target_session_attrs=read-write"
+    )
+    one = "postgresql://postgres@db1:5432/city"
+    assert Settings(database_url=one).database_url == one
+
+
+def test_a_database_url_with_a_port_per_host_but_one_missing_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SILOBREAK_DATABASE_URL", "host=db1,db2,db3 port=5432,5433 dbname=city")
+    with pytest.raises(SettingsError, match=r"SILOBREAK_DATABASE_URL: .*3 host.* 2 ports"):
+        load_settings()

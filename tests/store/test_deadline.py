@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from store.deadline import connect_kwargs, sever
+from store.deadline import Session, connect_kwargs, end_session, session_of, sever
 from store.errors import StoreUnavailable
 from store.schema import ReadingsTable
 from store.writer import ReadingsWriter, Row
@@ -177,3 +177,28 @@ def test_a_batch_cut_off_inside_a_copy_is_ended_on_the_server_when_the_writer_re
             [f"{device}%"],
         ).fetchall()
     assert stored == [(device, 3)]  # nothing of the cut-off COPY was committed
+
+
+def test_a_session_of_another_server_is_not_ended_where_its_pid_is_someone_elses(
+    db_url: str,
+) -> None:
+    """After a failover the writer's next connect reaches another server: the pid of the
+    session it gave up on may be a live session there, which must be left alone."""
+
+    async def go() -> tuple[bool, bool]:
+        bystander = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
+        other = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
+        try:
+            here = await session_of(bystander)
+            assert here is not None
+            # The same pid and backend start, as if on a server started at another time.
+            elsewhere = Session(here.pid, here.started, here.server_started - timedelta(hours=1))
+            ended_elsewhere = await end_session(other, elsewhere)
+            await bystander.execute("SELECT 1")  # still there
+            ended_here = await end_session(other, here)
+            return ended_elsewhere, ended_here
+        finally:
+            await bystander.close()
+            await other.close()
+
+    assert asyncio.run(go()) == (False, True)
