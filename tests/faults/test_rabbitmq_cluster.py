@@ -161,3 +161,42 @@ def test_a_killed_ingestors_unacknowledged_messages_go_to_the_other_ingestor(
     wait_for_messages(db_url, device_prefix, len(items), timeout=RECOVERY_S)
     assert_stored_exactly_once(db_url, device_prefix, items)
     assert other.metric("silobreak_ingest_received_total") == len(items)
+
+
+def test_a_rolling_restart_of_every_node_under_load_loses_nothing(
+    cluster: RabbitCluster,
+    db_url: str,
+    device_prefix: str,
+    group: str,
+    start_ingestor: StartIngestor,
+) -> None:
+    records = fleet(device_prefix, per_type=10)
+    register(db_url, records)
+    items = messages(records, per_device=300)  # 12,000 messages, a third to each node
+    ingestor = start_ingestor(
+        cluster.nodes[0].url,
+        db_url,
+        ingest_amqp_url=amqp_urls(cluster.nodes),
+        ingest_share_group=group,
+    )
+    # Slow enough that publishing lasts through the three restarts (~20-40 s each here).
+    publishers = [
+        Publishing(
+            node.url,
+            [(t, p) for t, p, *_ in items[n :: cluster.SIZE]],
+            f"{device_prefix}pub{n}",
+            rate=60,
+        )
+        for n, node in enumerate(cluster.nodes)
+    ]
+    for node in cluster.nodes:
+        node.stop()  # `rabbitmqctl stop`: a clean shutdown, as an upgrade does
+        node.start()
+        node.wait_for(lambda: len(cluster.running_nodes()) == cluster.SIZE, "see 3 nodes")
+    assert any(p.is_alive() for p in publishers)  # the load outlasted the restarts
+    for p in publishers:
+        p.join(RECOVERY_S)
+    wait_for_messages(db_url, device_prefix, len(items), timeout=RECOVERY_S)
+    assert_stored_exactly_once(db_url, device_prefix, items)
+    assert sum(p.reconnects for p in publishers) >= cluster.SIZE  # each node's went away
+    ingestor.wait_for_log("connection to 127.0.0.1")  # its node restarted under it
