@@ -75,6 +75,14 @@ def bench(ctx: click.Context, only: tuple[str, ...], quick: bool, write: Path | 
 @click.option("--latency-seconds", type=click.FloatRange(0, 600), default=10, show_default=True)
 @click.option("--ingestors", type=click.IntRange(1, 8), default=1, show_default=True)
 @click.option("--no-baseline", is_flag=True, help="Measure silobreak only.")
+@click.option(
+    "--broker",
+    type=click.Choice(["mosquitto", "rabbitmq"]),
+    default="mosquitto",
+    show_default=True,
+    help="rabbitmq: ingest through a three-node RabbitMQ cluster against one Mosquitto, "
+    "alternating in the same run (throughput only; no baseline).",
+)
 def bench_ingest(
     messages: int,
     devices: int,
@@ -83,8 +91,21 @@ def bench_ingest(
     latency_seconds: float,
     ingestors: int,
     no_baseline: bool,
+    broker: str,
 ) -> None:
     """End-to-end ingest throughput and latency, against a hand-rolled baseline."""
+    if broker == "rabbitmq":
+        from silobreak.bench.broker_bench import run_broker_bench  # noqa: PLC0415
+
+        compared = run_broker_bench(
+            messages=messages,
+            devices=devices,
+            runs=runs,
+            ingestors=ingestors,
+            log=lambda line: click.echo(line, err=True),
+        )
+        click.echo(compared.markdown(ingestors=ingestors))
+        return
     from silobreak.bench.ingest_bench import run_ingest_bench  # noqa: PLC0415
 
     report = run_ingest_bench(
