@@ -63,3 +63,9 @@ def test_mirror_config_without_an_influx_url_says_which_setting_to_set() -> None
     assert not mirror_config(
         Settings(influx_url="http://influx:8086"), from_beginning=False
     ).from_beginning
+
+
+def test_an_amqp_url_list_becomes_the_nodes_ingest_tries_in_turn() -> None:
+    s = Settings(ingest_amqp_url=" amqp://u:p@rmq1:5672/ ,amqp://u:p@rmq2:5672/,, ")
+    assert ingest_config(s).amqp_urls == ("amqp://u:p@rmq1:5672/", "amqp://u:p@rmq2:5672/")
+    assert ingest_config(Settings()).amqp_urls == ()  # MQTT, as before
