@@ -88,6 +88,7 @@ class AmqpSource:
         self.acks_sent = 0
         self.acks_dropped = 0
         self._generation = 0
+        self._conn: AsyncioConnection | None = None
         self._channel: pika.channel.Channel | None = None
         self._closed: asyncio.Future[None] | None = None
         self._paused = False
@@ -206,8 +207,17 @@ class AmqpSource:
         self._generation += 1
         self._held.clear()  # of the last channel: the broker delivers them again
         self.node = where
+        channel.add_on_cancel_callback(self._on_cancelled)
         channel.basic_consume(self.queue, self._on_message, auto_ack=False)
         self.connected.set()
+
+    def _on_cancelled(self, _frame: object) -> None:
+        # The broker ended the consumer (its queue deleted or moved away): nothing more would
+        # come on this channel. Reconnecting declares the queue again and consumes anew.
+        logger.warning("AMQP %s: the broker cancelled our consumer of %s", self._name, self.queue)
+        conn = self._conn
+        if conn is not None and conn.is_open:
+            conn.close()
 
     async def _declare(self, conn: AsyncioConnection, where: str) -> pika.channel.Channel:
         loop = asyncio.get_running_loop()
@@ -272,7 +282,7 @@ class AmqpSource:
                 return
 
     async def _close(self) -> None:
-        conn = getattr(self, "_conn", None)
+        conn = self._conn
         closed = self._closed
         self.connected.clear()
         if conn is not None and conn.is_open:

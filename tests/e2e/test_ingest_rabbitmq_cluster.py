@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pika
@@ -102,4 +103,34 @@ def test_devices_on_every_node_reach_two_ingestors_and_every_reading_is_stored_o
     finally:
         for proc in ingestors:
             proc.stop()
+        delete_queue(cluster, queue)
+
+
+def test_an_ingestor_whose_queue_is_deleted_declares_it_again_and_goes_on(
+    cluster: RabbitCluster, db_url: str, device_prefix: str, start_ingestor: StartIngestor
+) -> None:
+    group = f"{device_prefix}group"
+    queue = queue_name(group)
+    records = fleet(device_prefix, per_type=5)
+    register(db_url, records)
+    first = messages(records, per_device=10)
+    later = messages(records, per_device=10, end=datetime.now(UTC) + timedelta(minutes=2))
+    proc = start_ingestor(
+        cluster.nodes[0].url,
+        db_url,
+        ingest_amqp_url=amqp_urls(cluster, 0),
+        ingest_share_group=group,
+    )
+    try:
+        publish(cluster.nodes[1].url, [(t, p) for t, p, *_ in first], f"{device_prefix}pub")
+        wait_for_messages(db_url, device_prefix, len(first), timeout=120)
+        mark = len(proc.lines)
+        cluster.nodes[2].ctl("delete_queue", queue)
+        proc.wait_for_log("cancelled our consumer", timeout=60, start=mark)
+        proc.wait_for_log(f"consuming {queue}", timeout=120, start=mark)
+        publish(cluster.nodes[2].url, [(t, p) for t, p, *_ in later], f"{device_prefix}pub2")
+        wait_for_messages(db_url, device_prefix, len(first) + len(later), timeout=120)
+        assert {r[:4] for r in stored_rows(db_url, device_prefix)} == expected_rows(first + later)
+    finally:
+        proc.stop()
         delete_queue(cluster, queue)
