@@ -29,6 +29,7 @@ import pika.exceptions
 import pika.spec
 from pika.adapters.asyncio_connection import AsyncioConnection
 
+from ingest.amqp_frames import WAIT, Delivery, parse_delivery
 from ingest.errors import IngestError
 from retries import Backoff, Policy
 
@@ -42,6 +43,44 @@ _SWAP: Final = str.maketrans("/.", "./")
 RECONNECT: Final = Policy(first=0.2, cap=5.0)
 # A handshake or declaration not answered by then fails, and the next node is tried.
 _OPEN_TIMEOUT_S: Final = 30.0
+
+
+class _Connection(AsyncioConnection):  # type: ignore[misc] # pika ships no types
+    """pika's asyncio connection, but a whole delivery on the consuming channel goes straight
+    to `on_delivery` (ingest/amqp_frames.py) instead of through pika's frame objects: CPU per
+    message, see docs/scaling.md. Everything else is pika's, frame by frame."""
+
+    fast_channel = 0  # the consuming channel's number; 0: none yet
+    on_delivery: Callable[[int, str, bytes], None] | None = None
+    _frame_buffer: bytes  # pika's: what was read and not yet decoded
+    bytes_received: int  # pika's
+
+    def _on_data_available(self, data_in: bytes) -> None:
+        deliver = self.on_delivery
+        if not self.fast_channel or deliver is None:
+            super()._on_data_available(data_in)
+            return
+        buf = self._frame_buffer + data_in if self._frame_buffer else data_in
+        pos = 0
+        try:
+            while pos < len(buf):
+                found = parse_delivery(buf, pos, self.fast_channel)
+                if isinstance(found, Delivery):
+                    pos += found.size
+                    self.bytes_received += found.size  # what pika's heartbeat checker watches
+                    deliver(found.delivery_tag, found.routing_key, found.body)
+                    continue
+                if found == WAIT:
+                    return
+                self._frame_buffer = buf[pos:]  # OTHER: one frame through pika
+                consumed, frame_value = self._read_frame()
+                if frame_value is None:
+                    return
+                pos += consumed
+                self.bytes_received += consumed
+                self._process_frame(frame_value)
+        finally:
+            self._frame_buffer = buf[pos:]
 
 
 class AmqpUnavailable(IngestError):
@@ -88,7 +127,7 @@ class AmqpSource:
         self.acks_sent = 0
         self.acks_dropped = 0
         self._generation = 0
-        self._conn: AsyncioConnection | None = None
+        self._conn: _Connection | None = None
         self._channel: pika.channel.Channel | None = None
         self._closed: asyncio.Future[None] | None = None
         self._paused = False
@@ -185,7 +224,7 @@ class AmqpSource:
                 closed.set_result(None)
             self.connected.clear()
 
-        conn = AsyncioConnection(
+        conn = _Connection(
             params,
             on_open_callback=on_open,
             on_open_error_callback=on_error,
@@ -209,6 +248,13 @@ class AmqpSource:
         self.node = where
         channel.add_on_cancel_callback(self._on_cancelled)
         channel.basic_consume(self.queue, self._on_message, auto_ack=False)
+
+        def on_delivery(tag: int, key: str, body: bytes) -> None:
+            if conn is self._conn:
+                self._accept(tag, key.translate(_SWAP), body)
+
+        conn.on_delivery = on_delivery
+        conn.fast_channel = channel.channel_number
         self.connected.set()
 
     def _on_cancelled(self, _frame: object) -> None:
@@ -305,8 +351,9 @@ class AmqpSource:
     ) -> None:
         if channel is not self._channel:
             return
-        tag: int = method.delivery_tag
-        topic: str = method.routing_key.translate(_SWAP)
+        self._accept(method.delivery_tag, method.routing_key.translate(_SWAP), body)
+
+    def _accept(self, tag: int, topic: str, body: bytes) -> None:
         if self._paused:
             self._held.append((tag, topic, body))
         else:
