@@ -125,7 +125,7 @@ def test_an_ingestor_whose_queue_is_deleted_declares_it_again_and_goes_on(
         publish(cluster.nodes[1].url, [(t, p) for t, p, *_ in first], f"{device_prefix}pub")
         wait_for_messages(db_url, device_prefix, len(first), timeout=120)
         mark = len(proc.lines)
-        cluster.nodes[2].ctl("delete_queue", queue)
+        cluster.nodes[0].ctl("delete_queue", queue)  # the node the ingestor consumes on
         proc.wait_for_log("cancelled our consumer", timeout=60, start=mark)
         proc.wait_for_log(f"consuming {queue}", timeout=120, start=mark)
         publish(cluster.nodes[2].url, [(t, p) for t, p, *_ in later], f"{device_prefix}pub2")
