@@ -1,4 +1,5 @@
-"""The ingestor: MQTT publishes in, batches committed to the store, acknowledged after commit."""
+"""The ingestor: MQTT publishes in (or AMQP deliveries of them), batches committed to the store,
+acknowledged after commit."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import psycopg
 
 from devices.registry import RegistrySnapshot
 from devices.topics import shared_filter
+from ingest.amqp_source import AmqpSource, queue_name
 from ingest.decode import STORE_REFUSED, Accepted, Row, Window, decode, device_id_of
 from ingest.errors import IngestError
 from ingest.metrics import IngestMetrics
@@ -45,6 +47,9 @@ class IngestConfig:
     database_url: str
     client_id: str
     share_group: str = "ingest"
+    # Set: consume the share group's quorum queue from these RabbitMQ nodes over AMQP 0-9-1
+    # (tried in turn) instead of subscribing over MQTT; `receive_maximum` is the prefetch.
+    amqp_urls: tuple[str, ...] = ()
     batch_size: int = 5000
     batch_interval: timedelta = timedelta(milliseconds=100)
     receive_maximum: int = 20_000
@@ -86,21 +91,19 @@ class Ingestor:
         self._presence = PresenceWriter(
             config.database_url, name=f"presence {config.client_id}", timeout=config.store_timeout
         )
-        try:
-            self._subscriber = MqttSubscriber(
-                config.mqtt_url,
-                client_id=config.client_id,
-                topic_filters=[
-                    shared_filter(config.share_group),
-                    shared_filter(config.share_group, STATUS_FILTER),
-                ],
+        self._subscriber: MqttSubscriber | AmqpSource
+        filters = [shared_filter(""), shared_filter("", STATUS_FILTER)]
+        if config.amqp_urls:
+            self._subscriber = AmqpSource(
+                config.amqp_urls,
+                queue=queue_name(config.share_group),
+                topic_filters=filters,
+                prefetch=config.receive_maximum,
                 on_publish=self._on_publish,
-                session_expiry=int(config.session_expiry.total_seconds()),
-                receive_maximum=config.receive_maximum,
-                clean_start=False,
+                name=config.client_id,
             )
-        except MqttError as exc:  # a broker URL that cannot be used
-            raise IngestError(f"MQTT: {exc}") from exc
+        else:
+            self._subscriber = self._mqtt_subscriber(config)
         self._batch: _Batch | None = None
         self._sealed: deque[_Batch] = deque()
         self._wakeup = asyncio.Event()
@@ -126,12 +129,7 @@ class Ingestor:
                 await self._subscriber.start()
             except MqttError as exc:
                 raise IngestError(f"MQTT: {exc}") from exc
-            logger.info(
-                "ingest %s: subscribed to %s over MQTT %s",
-                self.config.client_id,
-                shared_filter(self.config.share_group),
-                self._subscriber.url.protocol,
-            )
+            self._log_started()
             tasks = [
                 asyncio.create_task(self._write_loop(stop), name="ingest-writer"),
                 asyncio.create_task(self._refresh_loop(conn, stop), name="registry-refresh"),
@@ -148,6 +146,42 @@ class Ingestor:
                 await self._subscriber.stop()
                 await self._writer.close()
                 await self._presence.close()
+
+    def _log_started(self) -> None:
+        source = self._subscriber
+        if isinstance(source, AmqpSource):
+            logger.info(
+                "ingest %s: subscribed to queue %s (bound to %s on amq.topic)"
+                " over AMQP 0-9-1 at %s",
+                self.config.client_id,
+                source.queue,
+                ", ".join(source.binding_keys),
+                source.node,
+            )
+            return
+        logger.info(
+            "ingest %s: subscribed to %s over MQTT %s",
+            self.config.client_id,
+            shared_filter(self.config.share_group),
+            source.url.protocol,
+        )
+
+    def _mqtt_subscriber(self, config: IngestConfig) -> MqttSubscriber:
+        try:
+            return MqttSubscriber(
+                config.mqtt_url,
+                client_id=config.client_id,
+                topic_filters=[
+                    shared_filter(config.share_group),
+                    shared_filter(config.share_group, STATUS_FILTER),
+                ],
+                on_publish=self._on_publish,
+                session_expiry=int(config.session_expiry.total_seconds()),
+                receive_maximum=config.receive_maximum,
+                clean_start=False,
+            )
+        except MqttError as exc:  # a broker URL that cannot be used
+            raise IngestError(f"MQTT: {exc}") from exc
 
     async def _drain(self, writer: asyncio.Task[None]) -> None:
         """Commit and acknowledge what is in hand, unless the store stays away too long."""
@@ -182,7 +216,7 @@ class Ingestor:
     def health(self) -> tuple[bool, str]:
         """(healthy, why) for /healthz: subscribed to the broker and the last commit worked."""
         if not self._subscriber.connected.is_set():
-            return False, "not connected to the MQTT broker"
+            return False, "not connected to the broker"
         if not self._store_ok:
             return False, "the store refused the last commit; retrying"
         return True, f"ok: {self.committed_batches} batches committed"

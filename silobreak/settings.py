@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     # MQTT 3.1.1 too. Empty: a plain subscription, for a broker without shared subscriptions
     # (RabbitMQ 3.10 reads `$share/...` as a topic no device publishes to), and one ingestor.
     ingest_share_group: str = "ingest"
+    # AMQP URLs of RabbitMQ nodes, comma-separated (`amqp://user:pass@host:5672/vhost`): when
+    # set, ingestors consume the share group's durable quorum queue over AMQP 0-9-1, as
+    # competing consumers, instead of subscribing over MQTT (see docs/scaling.md).
+    ingest_amqp_url: str = ""
     # A batch of 5,000 messages amortises COPY's per-statement cost (~1 ms) to ~0.2 µs each.
     ingest_batch_size: int = Field(default=5000, ge=1, le=100_000)
     # Bounds the latency a message waits for its batch at low rates.
@@ -210,6 +214,7 @@ def ingest_config(s: Settings) -> IngestConfig:
         database_url=s.database_url,
         client_id=s.ingest_client_id,
         share_group=s.ingest_share_group,
+        amqp_urls=tuple(u.strip() for u in s.ingest_amqp_url.split(",") if u.strip()),
         batch_size=s.ingest_batch_size,
         batch_interval=s.ingest_batch_interval,
         receive_maximum=s.ingest_receive_maximum,

@@ -135,3 +135,31 @@ def test_the_ha_profile_runs_three_etcd_and_three_patroni_members_of_the_written
         "--initial-cluster=" + ",".join(f"etcd-{i}=http://etcd-{i}:2380" for i in (1, 2, 3))
     ]
     assert (ROOT / "deploy/patroni/Dockerfile").is_file()
+
+
+def test_the_cluster_profile_runs_three_rabbitmq_nodes_on_the_written_config(
+    resolved: dict[str, Any],
+) -> None:
+    services = resolved["services"]
+    nodes = ("rmq1", "rmq2", "rmq3")
+    config = services["rabbitmq-config"]["command"]
+    assert config[:3] == ["broker-config", "--engine", "rabbitmq"]
+    assert [config[i + 1] for i, a in enumerate(config) if a == "--cluster-node"] == [
+        f"rabbit@{n}" for n in nodes
+    ]
+    cookies = set()
+    for name in nodes:
+        node = services[name]
+        assert node["profiles"] == ["cluster"]
+        assert node["hostname"] == name
+        assert node["image"] == "rabbitmq:3.10"
+        assert mounts(node)["/etc/rabbitmq"] == "rabbitmq-config"
+        assert mounts(node)["/var/lib/rabbitmq"] == f"{name}-data"  # each its own data
+        cookies.add(node["environment"]["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"])
+    assert len(cookies) == 1  # one Erlang cookie: the nodes accept each other
+    firsts = set()
+    for name in ("ingest-cluster-1", "ingest-cluster-2"):
+        urls = services[name]["environment"]["SILOBREAK_INGEST_AMQP_URL"].split(",")
+        assert sorted(u.split("@")[1].split(":")[0] for u in urls) == list(nodes), name
+        firsts.add(urls[0])
+    assert len(firsts) == 2  # the two ingestors start on different nodes

@@ -66,13 +66,13 @@ class Report:
     def median_cpu(self, system: str) -> float:
         return statistics.median(r.cpu_us_per_message for r in self.runs if r.system == system)
 
-    def paired_ratios(self) -> list[float]:
-        """silobreak's rate over the baseline's, run by run (they alternate)."""
+    def paired_ratios(self, first: str = "silobreak", second: str = "baseline") -> list[float]:
+        """`first`'s rate over `second`'s, run by run (they alternate)."""
         return [
             a.rate / b.rate
             for a, b in zip(
-                [r for r in self.runs if r.system == "silobreak"],
-                [r for r in self.runs if r.system == "baseline"],
+                [r for r in self.runs if r.system == first],
+                [r for r in self.runs if r.system == second],
                 strict=False,
             )
         ]
@@ -96,11 +96,12 @@ class Report:
                 f"| {system} | {len(runs)} | {runs[0].messages:,} | {rate:,.0f} "
                 f"| {4 * rate:,.0f} | {each} | {self.median_cpu(system):.1f} |"
             )
-        if "silobreak" in systems and "baseline" in systems:
-            ratios = self.paired_ratios()
+        if len(systems) == 2:  # a system and what it is measured against
+            first, second = systems
+            ratios = self.paired_ratios(first, second)
             paired = ", ".join(f"{x:.2f}x" for x in ratios)
             median = statistics.median(ratios)
-            lines += ["", f"silobreak / baseline, per paired run: {paired}; median {median:.2f}x."]
+            lines += ["", f"{first} / {second}, per paired run: {paired}; median {median:.2f}x."]
         if self.latencies:
             lines += [
                 "",
@@ -153,16 +154,20 @@ def _register(db_url: str, devices: int) -> None:
 
 def _throughput(
     system: str,
-    broker: LocalMosquitto,
+    broker: LocalMosquitto | str,
     db_url: str,
     messages: int,
     devices: int,
     ingestors: int,
     index: int,
+    env: Callable[[int], dict[str, str]] | None = None,
 ) -> Run:
+    """One run: `system`'s consumers (silobreak ingest unless "baseline") on `broker` (or a
+    broker URL), `env(n)` added to ingestor n's environment."""
+    url = broker if isinstance(broker, str) else broker.url
     _truncate(db_url)
-    with _consumers(system, broker.url, db_url, ingestors, f"{index}") as procs:
-        result = _publish(broker.url, ["--devices", str(devices), "--messages", str(messages)])
+    with _consumers(system, url, db_url, ingestors, f"{index}", env) as procs:
+        result = _publish(url, ["--devices", str(devices), "--messages", str(messages)])
         _wait_stored(db_url, system, messages)
         cpu = sum(_cpu_seconds(p.pid) for p in procs)
     last_commit = _last_commit(db_url, system)
@@ -203,14 +208,19 @@ def _latency(
 
 @contextmanager
 def _consumers(
-    system: str, mqtt_url: str, db_url: str, ingestors: int, tag: str
+    system: str,
+    mqtt_url: str,
+    db_url: str,
+    ingestors: int,
+    tag: str,
+    more_env: Callable[[int], dict[str, str]] | None = None,
 ) -> Iterator[list[subprocess.Popen[str]]]:
     procs: list[subprocess.Popen[str]] = []
     try:
-        count = ingestors if system == "silobreak" else 1
+        count = ingestors if system != "baseline" else 1
         for n in range(count):
             client = f"bench-{system}-{tag}-{n}"
-            if system == "silobreak":
+            if system != "baseline":
                 cmd = [sys.executable, "-m", "silobreak", "ingest"]
             else:
                 cmd = [sys.executable, "-m", "silobreak.bench.baseline", mqtt_url, db_url, client]
@@ -222,6 +232,7 @@ def _consumers(
                 # No session left behind to collect copies of the next run's messages.
                 "SILOBREAK_INGEST_SESSION_EXPIRY": "0s",
                 "SILOBREAK_METRICS_PORT": "0",
+                **(more_env(n) if more_env is not None else {}),
             }
             proc = subprocess.Popen(
                 cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -275,7 +286,7 @@ def _publish(url: str, args: list[str]) -> dict[str, Any]:
 
 
 def _count_sql(system: str) -> str:
-    if system == "silobreak":
+    if system != "baseline":
         return "SELECT count(*) FROM readings_air_sensor"
     return "SELECT count(*) / 4 FROM baseline_readings"
 
@@ -304,7 +315,7 @@ def _last_commit(db_url: str, system: str) -> float:
 
 
 def _table(system: str) -> sql.Identifier:
-    return sql.Identifier("readings_air_sensor" if system == "silobreak" else "baseline_readings")
+    return sql.Identifier("baseline_readings" if system == "baseline" else "readings_air_sensor")
 
 
 def _truncate(db_url: str) -> None:

@@ -81,6 +81,14 @@ def bench(ctx: click.Context, only: tuple[str, ...], quick: bool, write: Path | 
     help="Against a synchronous Patroni cluster and a single PostgreSQL instead of the "
     "baseline, then a failover (starts etcd and Patroni; see docs/scaling.md).",
 )
+@click.option(
+    "--broker",
+    type=click.Choice(["mosquitto", "rabbitmq"]),
+    default="mosquitto",
+    show_default=True,
+    help="rabbitmq: ingest through a three-node RabbitMQ cluster against one Mosquitto, "
+    "alternating in the same run (throughput only; no baseline).",
+)
 def bench_ingest(
     messages: int,
     devices: int,
@@ -90,8 +98,11 @@ def bench_ingest(
     ingestors: int,
     no_baseline: bool,
     ha: bool,
+    broker: str,
 ) -> None:
     """End-to-end ingest throughput and latency, against a hand-rolled baseline."""
+    if ha and broker != "mosquitto":
+        raise click.BadParameter("--ha runs on Mosquitto", param_hint="--broker")
     if ha:
         from silobreak.bench.ha_bench import run_ha_bench  # noqa: PLC0415
 
@@ -106,6 +117,18 @@ def bench_ingest(
             log=lambda line: click.echo(line, err=True),
         )
         click.echo(ha_report.markdown())
+        return
+    if broker == "rabbitmq":
+        from silobreak.bench.broker_bench import run_broker_bench  # noqa: PLC0415
+
+        compared = run_broker_bench(
+            messages=messages,
+            devices=devices,
+            runs=runs,
+            ingestors=ingestors,
+            log=lambda line: click.echo(line, err=True),
+        )
+        click.echo(compared.markdown(ingestors=ingestors))
         return
     from silobreak.bench.ingest_bench import run_ingest_bench  # noqa: PLC0415
 

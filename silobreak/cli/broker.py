@@ -1,4 +1,5 @@
-"""`silobreak broker-config`, `broker-sync` and `dev-certs`: the Mosquitto broker's files."""
+"""`silobreak broker-config`, `broker-sync` and `dev-certs`: the broker's files (Mosquitto, or
+the nodes of a RabbitMQ cluster)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,23 @@ if TYPE_CHECKING:
 
 
 @click.command("broker-config")
+@click.option(
+    "--engine",
+    type=click.Choice(["mosquitto", "rabbitmq"]),
+    default="mosquitto",
+    show_default=True,
+    help="rabbitmq: a node of the clustered broker tier (docs/scaling.md).",
+)
+@click.option(
+    "--cluster-node",
+    "cluster_nodes",
+    multiple=True,
+    help="rabbitmq: a node of the cluster, as rabbit@HOST; give each (the same on every node).",
+)
+@click.option(
+    "--amqp-port", type=click.IntRange(1, 65535), default=5672, show_default=True,
+    help="rabbitmq: the AMQP listener ingestors consume from.",
+)  # fmt: skip
 @click.option("--profile", type=click.Choice(["dev", "deploy"]), default="dev", show_default=True)
 @click.option(
     "--dir",
@@ -59,6 +77,9 @@ if TYPE_CHECKING:
 )
 @click.option("--user", "run_as", help="The user Mosquitto becomes when started as root.")
 def broker_config(
+    engine: str,
+    cluster_nodes: tuple[str, ...],
+    amqp_port: int,
     profile: str,
     directory: Path,
     output: Path | None,
@@ -75,8 +96,13 @@ def broker_config(
     dev_certs: bool,
     run_as: str | None,
 ) -> None:
-    """Write a Mosquitto config: listeners, limits sized for ingest, persistence, auth files."""
+    """Write a Mosquitto config: listeners, limits sized for ingest, persistence, auth files;
+    or, with --engine rabbitmq, a RabbitMQ node's rabbitmq.conf and enabled_plugins."""
     from silobreak.broker_config import BrokerConfig, render, write  # noqa: PLC0415
+
+    if engine == "rabbitmq":
+        _rabbitmq_config(profile, directory, output, cluster_nodes, amqp_port, plain_port)
+        return
 
     if profile == "dev" and dev_certs and certfile is None:
         certs = _dev_certs(directory / "certs", ())
@@ -108,6 +134,40 @@ def broker_config(
         click.echo(f"services and teams connect with TLS on port {clients_port}")
     click.echo(f"the platform's components (ingest, streams) connect on port {plain_port}")
     click.echo(f"then: SILOBREAK_BROKER_DIR={directory.resolve()} silobreak broker-sync", err=True)
+
+
+def _rabbitmq_config(
+    profile: str,
+    directory: Path,
+    output: Path | None,
+    cluster_nodes: tuple[str, ...],
+    amqp_port: int,
+    mqtt_port: int,
+) -> None:
+    from silobreak.rabbitmq_config import (  # noqa: PLC0415
+        DEPLOY_DISK_FREE,
+        RabbitConfig,
+        render_rabbitmq,
+        write_rabbitmq,
+    )
+
+    cfg = RabbitConfig(
+        cluster_nodes=cluster_nodes,
+        bind="127.0.0.1" if profile == "dev" else "0.0.0.0",  # noqa: S104 - other hosts' devices
+        amqp_port=amqp_port,
+        mqtt_port=mqtt_port,
+        disk_free_limit=None if profile == "dev" else DEPLOY_DISK_FREE,
+    )
+    if output is not None and str(output) == "-":
+        click.echo(render_rabbitmq(cfg), nl=False)
+        return
+    for path in write_rabbitmq(cfg, directory):
+        click.echo(f"wrote {path}")
+    click.echo(
+        "start each node with RABBITMQ_CONFIG_FILE and RABBITMQ_ENABLED_PLUGINS_FILE pointing"
+        f" there; devices publish MQTT 3.1.1 on port {mqtt_port}, ingestors consume AMQP on"
+        f" port {amqp_port} (SILOBREAK_INGEST_AMQP_URL)"
+    )
 
 
 @click.command("broker-sync")

@@ -87,3 +87,9 @@ def test_a_database_url_with_a_port_per_host_but_one_missing_is_refused(
     monkeypatch.setenv("SILOBREAK_DATABASE_URL", "host=db1,db2,db3 port=5432,5433 dbname=city")
     with pytest.raises(SettingsError, match=r"SILOBREAK_DATABASE_URL: .*3 host.* 2 ports"):
         load_settings()
+
+
+def test_an_amqp_url_list_becomes_the_nodes_ingest_tries_in_turn() -> None:
+    s = Settings(ingest_amqp_url=" amqp://u:p@rmq1:5672/ ,amqp://u:p@rmq2:5672/,, ")
+    assert ingest_config(s).amqp_urls == ("amqp://u:p@rmq1:5672/", "amqp://u:p@rmq2:5672/")
+    assert ingest_config(Settings()).amqp_urls == ()  # MQTT, as before
