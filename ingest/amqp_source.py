@@ -13,7 +13,7 @@ unacknowledged messages delivered to the others. The source offers the ingestor 
 pika, with its asyncio adapter: consuming 50,000 messages cost ~12 µs of CPU a message
 against ~34 µs for aiormq and ~61 µs for aio-pika (same node, same run, on this machine). pika
 keeps the connection, declarations, acks and heartbeats; the frames of each delivery are parsed
-by ingest/amqp_frames.py, which brings the ingestor's CPU per message to what it is over MQTT.
+by ingest/amqp_frames.py (draining a backlog: 11.0 µs a message against 7.8 over MQTT).
 """
 
 from __future__ import annotations
