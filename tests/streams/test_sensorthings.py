@@ -1,0 +1,241 @@
+"""The SensorThings API (`/sta/v1.1`) against the running town: what a caller may see is what
+it owns or is granted raw, nothing else exists for it, and Observations page, filter and order
+exactly the stored readings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from tests.streams.conftest import Town
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+STA = "/sta/v1.1"
+
+
+def get(town: Town, who: str, path: str, **params: str) -> httpx.Response:
+    with town.http(who) as h:
+        return h.get(STA + path, params=params)
+
+
+def ids(body: dict[str, Any]) -> list[str]:
+    return [x["@iot.id"] for x in body["value"]]
+
+
+def refusals(town: Town, who: str) -> list[str]:
+    with psycopg.connect(town.db_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT detail->>'path' FROM audit_log WHERE action = 'sta.refused' AND actor = %s"
+            " ORDER BY id",
+            (who,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_the_service_root_lists_the_entity_sets_and_conformance(town: Town) -> None:
+    r = get(town, "planning", "")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    names = {x["name"]: x["url"] for x in body["value"]}
+    assert set(names) == {"Things", "Locations", "Datastreams", "Sensors",
+                          "ObservedProperties", "Observations"}  # fmt: skip
+    assert names["Things"] == f"{town.base}{STA}/Things"
+    conformance = body["serverSettings"]["conformance"]
+    assert "http://www.opengis.net/spec/iot_sensing/1.1/req/datamodel" in conformance
+    with httpx.Client(base_url=town.base) as h:
+        assert h.get(STA + "/Things").status_code == 401
+
+
+def test_things_are_what_the_caller_owns_or_is_granted_and_nothing_else(town: Town) -> None:
+    p = town.prefix
+    lamps = [f"{p}lamp-n1", f"{p}lamp-n2", f"{p}lamp-s1"]
+    assert ids(get(town, "lighting", "/Things").json()) == lamps
+    assert ids(get(town, "planning", "/Things").json()) == []
+    town.grant("lighting", consumer="planning", device_types=["streetlight"],
+               districts=["north"], metrics=["power_w"])  # fmt: skip
+    seen = get(town, "planning", "/Things", **{"$count": "true"}).json()
+    assert ids(seen) == lamps[:2]
+    assert seen["@iot.count"] == 2
+    thing = seen["value"][0]
+    assert thing["@iot.selfLink"] == f"{town.base}{STA}/Things('{p}lamp-n1')"
+    assert thing["properties"] == {"organisation": "city", "service": "lighting",
+                                   "district": "north", "device_type": "streetlight"}  # fmt: skip
+    assert thing["Datastreams@iot.navigationLink"].endswith(f"Things('{p}lamp-n1')/Datastreams")
+    # Only the granted metric is a Datastream of the grantee's; the owner has all three.
+    got = get(town, "planning", f"/Things('{p}lamp-n1')/Datastreams").json()
+    assert ids(got) == [f"{p}lamp-n1:power_w"]
+    own = ids(get(town, "lighting", f"/Things('{p}lamp-n1')/Datastreams").json())
+    assert own == [f"{p}lamp-n1:{m}" for m in ("dim_level", "lamp_on", "power_w")]
+
+    # Outside the grant, another service's device and a device that does not exist: one 404.
+    outside = get(town, "planning", f"/Things('{p}lamp-s1')")
+    foreign = get(town, "environment", f"/Things('{p}lamp-n1')")
+    missing = get(town, "planning", f"/Things('{p}nothing')")
+    for r in (outside, foreign, missing):
+        assert r.status_code == 404, r.text
+        assert r.json()["reason"] == "not_found"
+    assert get(town, "planning", f"/Datastreams('{p}lamp-n1:dim_level')").status_code == 404
+    assert (
+        get(town, "planning", f"/Datastreams('{p}lamp-s1:power_w')/Observations").status_code == 404
+    )
+    assert ids(get(town, "environment", "/Things").json()) == [f"{p}air-n1"]
+    assert refusals(town, "planning") == [
+        f"{STA}/Things('{p}lamp-s1')", f"{STA}/Things('{p}nothing')",
+        f"{STA}/Datastreams('{p}lamp-n1:dim_level')",
+        f"{STA}/Datastreams('{p}lamp-s1:power_w')/Observations",
+    ]  # fmt: skip
+    assert refusals(town, "environment") == [f"{STA}/Things('{p}lamp-n1')"]
+
+
+def test_navigation_between_things_datastreams_observations_and_the_rest(town: Town) -> None:
+    p = town.prefix
+    at = NOW - timedelta(minutes=5)
+    town.write("streetlight", [(at, f"{p}lamp-n1", 1, 60.0, 42.5)])
+    ds = get(town, "lighting", f"/Datastreams('{p}lamp-n1:power_w')").json()
+    assert ds["unitOfMeasurement"]["symbol"] == "W"
+    assert ds["observationType"].endswith("OM_Measurement")
+    thing = get(town, "lighting", f"/Datastreams('{p}lamp-n1:power_w')/Thing").json()
+    assert thing["@iot.id"] == f"{p}lamp-n1"
+    sensor = get(town, "lighting", f"/Datastreams('{p}lamp-n1:power_w')/Sensor").json()
+    assert sensor["@iot.id"] == "streetlight"
+    prop = get(town, "lighting", f"/Datastreams('{p}lamp-n1:power_w')/ObservedProperty").json()
+    assert (prop["@iot.id"], prop["name"]) == ("streetlight:power_w", "power_w")
+    obs = get(town, "lighting", f"/Datastreams('{p}lamp-n1:power_w')/Observations").json()
+    assert [(o["phenomenonTime"], o["result"]) for o in obs["value"]] == [
+        (at.isoformat().replace("+00:00", "Z"), 42.5)
+    ]
+    truth = get(town, "lighting", f"/Datastreams('{p}lamp-n1:lamp_on')/Observations").json()
+    assert truth["value"][0]["result"] is True
+    one = obs["value"][0]
+    self_path = one["@iot.selfLink"].removeprefix(town.base + STA)
+    assert get(town, "lighting", self_path).json() == one
+    back = get(town, "lighting", self_path + "/Datastream").json()
+    assert back["@iot.id"] == f"{p}lamp-n1:power_w"
+    loc = get(town, "lighting", f"/Things('{p}lamp-n1')/Locations").json()["value"]
+    assert loc[0]["location"] == {"type": "Point", "coordinates": [4.1, 50.1]}
+    assert ids(get(town, "lighting", f"/Locations('{p}lamp-n1')/Things").json()) == [f"{p}lamp-n1"]
+    assert ids(get(town, "lighting", "/Sensors").json()) == ["streetlight"]
+    sensed = ids(get(town, "lighting", "/Sensors('streetlight')/Datastreams").json())
+    assert len(sensed) == 9  # three lamps, three metrics
+    # Another service sees none of it, by any of those paths.
+    for path in (f"/Datastreams('{p}lamp-n1:power_w')/Thing", self_path,
+                 self_path + "/Datastream", "/Sensors('streetlight')"):  # fmt: skip
+        assert get(town, "mobility", path).status_code == 404, path
+
+
+def test_paging_by_next_link_returns_exactly_the_stored_readings(town: Town) -> None:
+    p = town.prefix
+    stored = [(NOW - timedelta(seconds=3 * i), float(i % 997)) for i in range(1234)]
+    town.write("streetlight", [(t, f"{p}lamp-n2", None, None, v) for t, v in stored])
+    town.write("streetlight", [(NOW, f"{p}lamp-n1", None, None, 5.0)])  # another Thing's
+    town.grant("lighting", consumer="planning", device_types=["streetlight"])
+    url = f"{town.base}{STA}/Datastreams('{p}lamp-n2:power_w')/Observations?$top=500&$count=true"
+    got: list[tuple[str, float]] = []
+    pages = 0
+    with town.http("planning") as h:
+        while url:
+            r = h.get(url)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["@iot.count"] == len(stored)
+            got += [(o["phenomenonTime"], o["result"]) for o in body["value"]]
+            url = body.get("@iot.nextLink", "")
+            pages += 1
+    assert pages == 3
+    want = sorted((t.isoformat().replace("+00:00", "Z"), v) for t, v in stored)
+    assert got == want
+    # The default page and the server's maximum.
+    first = get(town, "planning", f"/Datastreams('{p}lamp-n2:power_w')/Observations")
+    assert len(first.json()["value"]) == 100
+    assert "$skip=100" in first.json()["@iot.nextLink"]
+    too_many = get(town, "planning", f"/Datastreams('{p}lamp-n2:power_w')/Observations",
+                   **{"$top": "1001"})  # fmt: skip
+    assert (too_many.status_code, too_many.json()["reason"]) == (400, "bad_query_option")
+
+
+def test_observations_filter_and_order_by_time_and_result(town: Town) -> None:
+    p = town.prefix
+    base = NOW - timedelta(hours=1)
+    stored = [(base + timedelta(minutes=i), float(i)) for i in range(20)]
+    town.write("streetlight", [(t, f"{p}lamp-s1", None, None, v) for t, v in stored])
+    path = f"/Datastreams('{p}lamp-s1:power_w')/Observations"
+
+    def results(**params: str) -> list[float]:
+        r = get(town, "lighting", path, **params)
+        assert r.status_code == 200, r.text
+        return [o["result"] for o in r.json()["value"]]
+
+    t5 = (base + timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
+    t10 = (base + timedelta(minutes=10)).isoformat().replace("+00:00", "Z")
+    assert results(**{"$filter": f"phenomenonTime ge {t5} and phenomenonTime lt {t10}"}) == [
+        5.0, 6.0, 7.0, 8.0, 9.0,
+    ]  # fmt: skip
+    assert results(**{"$filter": "result lt 2 or result gt 17"}) == [0.0, 1.0, 18.0, 19.0]
+    assert results(**{"$filter": "not (result ge 3) and result ne 1"}) == [0.0, 2.0]
+    assert results(**{"$filter": f"(result le 12) and resultTime gt {t10}"}) == [11.0, 12.0]
+    assert results(**{"$orderby": "phenomenonTime desc", "$top": "3"}) == [19.0, 18.0, 17.0]
+    assert results(**{"$orderby": "phenomenonTime asc", "$top": "2"}) == [0.0, 1.0]
+    desc = get(town, "lighting", path, **{"$orderby": "phenomenonTime desc", "$top": "15"})
+    nxt = desc.json()["@iot.nextLink"]
+    with town.http("lighting") as h:
+        rest = [o["result"] for o in h.get(nxt).json()["value"]]
+    assert rest == [4.0, 3.0, 2.0, 1.0, 0.0]
+    picked = get(town, "lighting", path, **{"$select": "result", "$top": "1"}).json()
+    assert picked["value"] == [{"result": 0.0}]
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status", "named"),
+    [
+        ("/Things", {"$expand": "Datastreams"}, 501, "$expand"),
+        ("/Things", {"$filter": "name eq 'x'"}, 501, "$filter"),
+        ("/Things", {"$orderby": "name"}, 501, "$orderby"),
+        ("/Things", {"$frobnicate": "1"}, 400, "$frobnicate"),
+        ("/Things", {"$select": "colour"}, 400, "colour"),
+        ("/Things", {"$top": "-1"}, 400, "$top"),
+        ("/Things", {"$resultFormat": "dataArray"}, 501, "$resultFormat"),
+        ("/OBS", {"$filter": "substringof('a', result)"}, 501, "substringof"),
+        ("/OBS", {"$filter": "result add 1 gt 2"}, 501, "add"),
+        ("/OBS", {"$filter": "parameters/x eq 1"}, 501, "parameters/x"),
+        ("/OBS", {"$filter": "result gt"}, 400, "$filter"),
+        ("/OBS", {"$filter": "(result gt 1"}, 400, "("),
+        ("/OBS", {"$filter": "phenomenonTime gt 'yesterday'"}, 400, "$filter"),
+        ("/OBS", {"$orderby": "result desc"}, 501, "$orderby"),
+        ("/Observations", {}, 501, "Datastream"),
+        ("/HistoricalLocations", {}, 501, "HistoricalLocations"),
+        ("/Things('x')/$ref", {}, 501, "$ref"),
+        ("/Nonsense", {}, 404, "Nonsense"),
+    ],
+)
+def test_what_is_not_supported_is_refused_by_name(
+    town: Town, path: str, params: dict[str, str], status: int, named: str
+) -> None:
+    path = path.replace("/OBS", f"/Datastreams('{town.prefix}lamp-n1:power_w')/Observations")
+    r = get(town, "lighting", path, **params)
+    assert r.status_code == status, r.text
+    assert named in r.json()["detail"]
+
+
+def test_an_aggregate_grant_yields_no_raw_observation_by_any_url(town: Town) -> None:
+    p = town.prefix
+    town.write("traffic_light", [(NOW - timedelta(minutes=1), f"{p}tl-n1", 2, 7)])
+    town.grant("mobility", consumer="planning", device_types=["traffic_light"],
+               granularity="aggregate", interval="1h", pool="device")  # fmt: skip
+    own = get(town, "mobility", f"/Datastreams('{p}tl-n1:vehicle_count')/Observations").json()
+    obs_id = own["value"][0]["@iot.id"]
+    assert ids(get(town, "planning", "/Things").json()) == []
+    assert ids(get(town, "planning", "/Datastreams").json()) == []
+    assert ids(get(town, "planning", "/Sensors").json()) == []
+    paths = [f"/Things('{p}tl-n1')", f"/Things('{p}tl-n1')/Datastreams",
+             f"/Datastreams('{p}tl-n1:vehicle_count')",
+             f"/Datastreams('{p}tl-n1:vehicle_count')/Observations",
+             f"/Observations('{obs_id}')", f"/Observations('{obs_id}')/Datastream"]  # fmt: skip
+    for path in paths:
+        r = get(town, "planning", path)
+        assert r.status_code == 404, (path, r.text)
