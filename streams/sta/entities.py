@@ -45,8 +45,17 @@ OBSERVATION_FIELDS: Final = frozenset(
 
 def link(base: str, entity_set: str, entity_id: str) -> str:
     """`{base}/Things('lamp-1')`: ids are OData string literals."""
+    return f"{base}/{addressed(entity_set, entity_id)}"
+
+
+def addressed(entity_set: str, entity_id: str) -> str:
     quoted = entity_id.replace("'", "''")
-    return f"{base}/{entity_set}('{quoted}')"
+    return f"{entity_set}('{quoted}')"
+
+
+def missing(entity_set: str, entity_id: str) -> ApiError:
+    """The one answer for an id that does not exist and for one the caller may not see."""
+    return ApiError(404, "not_found", f"no {addressed(entity_set, entity_id)}")
 
 
 def thing(base: str, row: DeviceRow) -> dict[str, Any]:
@@ -88,7 +97,7 @@ def datastream_id(device_id: str, metric: str) -> str:
 def split_datastream(text: str) -> tuple[str, str]:
     device_id, sep, metric = text.rpartition(":")
     if not sep:
-        raise ApiError(404, "not_found", f"no Datastream {text!r}")
+        raise missing("Datastreams", text)
     return device_id, metric
 
 
@@ -155,7 +164,7 @@ def split_observation(text: str) -> tuple[str, str, datetime]:
     head, sep, at = text.rpartition(":")
     device_id, sep2, metric = head.rpartition(":")
     if not (sep and sep2 and at.isdigit()) or len(at) > 18:
-        raise ApiError(404, "not_found", f"no Observation {text!r}")
+        raise missing("Observations", text)
     return device_id, metric, from_micros(int(at))
 
 

@@ -155,7 +155,7 @@ async def _collection(ctx: _Ctx, entity_set: str) -> dict[str, Any]:
 
 
 async def _entity(ctx: _Ctx, entity_set: str, key: str) -> dict[str, Any]:
-    missing = ApiError(NOT_FOUND, "not_found", f"no {entity_set} {key!r}")
+    missing = e.missing(entity_set, key)
     if entity_set == "Sensors":
         if key not in await _types(ctx):
             raise missing
@@ -233,7 +233,7 @@ async def _one_datastream(ctx: _Ctx, key: str) -> tuple[Any, ...]:
     device_id, metric = e.split_datastream(key)
     rows = await _rows(ctx, device_id=device_id, metric=metric, per_metric=True, limit=1)
     if not rows:
-        raise ApiError(NOT_FOUND, "not_found", f"no Datastreams {key!r}")
+        raise e.missing("Datastreams", key)
     return tuple(rows[0])
 
 
@@ -271,7 +271,7 @@ async def _observation(ctx: _Ctx, key: str) -> dict[str, Any]:
     cur = await ctx.conn.execute(query, params)
     found = await cur.fetchone()
     if found is None:
-        raise ApiError(NOT_FOUND, "not_found", f"no Observations {key!r}")
+        raise e.missing("Observations", key)
     await _record_read(ctx, view, row[1], 1)
     return e.observation(ctx.base, row[1], device_id, metric, found[0], found[4])
 
