@@ -10,6 +10,11 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import requests
+from frost_sta_client.service.auth_handler import AuthHandler  # type: ignore[import-untyped]
+from frost_sta_client.service.sensorthingsservice import (  # type: ignore[import-untyped]
+    SensorThingsService,
+)
 
 from tests.streams.conftest import Town
 
@@ -239,3 +244,51 @@ def test_an_aggregate_grant_yields_no_raw_observation_by_any_url(town: Town) -> 
     for path in paths:
         r = get(town, "planning", path)
         assert r.status_code == 404, (path, r.text)
+
+
+class _Bearer(AuthHandler):  # type: ignore[misc]
+    """frost-sta-client's auth hook, sending the API's bearer token."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+
+    def add_auth_header(self) -> Any:
+        def sign(request: Any) -> Any:
+            request.headers["Authorization"] = f"Bearer {self.token}"
+            return request
+
+        return sign
+
+
+# frost-sta-client 1.1 still calls furl's deprecated `pathstr` on every request.
+@pytest.mark.filterwarnings("ignore:furl.pathstr is deprecated:DeprecationWarning")
+def test_an_independent_client_lists_filters_and_pages_exactly_what_is_granted(
+    town: Town,
+) -> None:
+    p = town.prefix
+    stored = [(NOW - timedelta(seconds=2 * i), float(i % 50)) for i in range(1100)]
+    town.write("streetlight", [(t, f"{p}lamp-n1", None, None, v) for t, v in stored])
+    town.write("streetlight", [(NOW, f"{p}lamp-s1", None, None, 1.0)])
+    town.grant("lighting", consumer="planning", device_types=["streetlight"],
+               districts=["north"])  # fmt: skip
+    service = SensorThingsService(town.base + STA, auth_handler=_Bearer(town.tokens["planning"]))
+    things = list(service.things().query().list())
+    assert [t.id for t in things] == [f"{p}lamp-n1", f"{p}lamp-n2"]
+    streams = list(things[0].get_datastreams().query().list())
+    assert [d.id for d in streams] == [
+        f"{p}lamp-n1:{m}" for m in ("dim_level", "lamp_on", "power_w")
+    ]
+    power = service.datastreams().find(f"{p}lamp-n1:power_w")
+    assert power.unit_of_measurement.symbol == "W"
+    query = power.get_observations().query().top(1000).orderby("phenomenonTime", "asc")
+    got = [(o.phenomenon_time, o.result) for o in query.list()]
+    assert len(got) == len(stored)
+    assert [r for _, r in got] == [v for _, v in sorted(stored)]
+    high = power.get_observations().query().filter("result ge 48 and not (result eq 49)")
+    assert {o.result for o in high.list()} == {48.0}
+    newest = power.get_observations().query().top(2).orderby("phenomenonTime", "desc").list()
+    assert [o.result for o in newest.entities] == [0.0, 1.0]
+    with pytest.raises(requests.HTTPError) as refused:
+        service.things().find(f"{p}lamp-s1")
+    assert refused.value.response.status_code == 404
