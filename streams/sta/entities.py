@@ -165,7 +165,10 @@ def split_observation(text: str) -> tuple[str, str, datetime]:
     device_id, sep2, metric = head.rpartition(":")
     if not (sep and sep2 and at.isdigit()) or len(at) > 18:
         raise missing("Observations", text)
-    return device_id, metric, from_micros(int(at))
+    try:
+        return device_id, metric, from_micros(int(at))
+    except OverflowError:  # past the year 9999: no reading is there
+        raise missing("Observations", text) from None
 
 
 def observation(

@@ -61,6 +61,8 @@ class Options:
 def parse_path(path: str) -> list[Segment]:
     """`Things('a')/Datastreams` as segments; ids are quoted strings (OData literals)."""
     segments = []
+    if "\x00" in path:  # PostgreSQL text holds no NUL: no id with one exists
+        raise ApiError(NOT_FOUND, "unknown_resource", "no resource with a NUL character")
     for part in path.strip("/").split("/"):
         match = _SEGMENT.match(part)
         if match is None:

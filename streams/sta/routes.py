@@ -215,7 +215,7 @@ async def _devices(ctx: _Ctx, entity_set: str, **where: Any) -> dict[str, Any]:
         ctx, per_metric=per_metric, located=located, limit=opts.top, offset=opts.skip, **where
     )
     total = rows[0][-1] if rows else 0
-    if not rows and opts.skip and opts.count:
+    if not rows and opts.count:
         probe = await _rows(ctx, per_metric=per_metric, located=located, limit=1, **where)
         total = probe[0][-1] if probe else 0
     found = [e.selected(_render(ctx.base, entity_set, r), opts.select) for r in rows]
@@ -351,7 +351,8 @@ def _page(
     if opts.count and total is not None:
         body["@iot.count"] = total
     body["value"] = found
-    if more:
+    # `$top=0` asks for the count alone: a next page of nothing would never end.
+    if more and opts.top > 0:
         body["@iot.nextLink"] = ctx.next_link(opts)
     return body
 

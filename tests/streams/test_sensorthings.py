@@ -227,6 +227,32 @@ def test_what_is_not_supported_is_refused_by_name(
     assert named in r.json()["detail"]
 
 
+def test_odd_requests_get_one_clear_answer_never_a_server_error(town: Town) -> None:
+    p = town.prefix
+    town.write("streetlight", [(NOW, f"{p}lamp-n1", None, None, 3.0)])
+    obs = f"/Datastreams('{p}lamp-n1:power_w')/Observations"
+    counted = get(town, "lighting", obs, **{"$top": "0", "$count": "true"}).json()
+    assert counted == {"@iot.count": 1, "value": []}
+    beyond = get(town, "lighting", obs, **{"$skip": "5", "$count": "true"}).json()
+    assert beyond == {"@iot.count": 1, "value": []}
+    things = get(town, "lighting", "/Things", **{"$top": "0", "$count": "true"}).json()
+    assert things == {"@iot.count": 3, "value": []}
+    odd = [
+        (f"/Observations('{p}lamp-n1:power_w:999999999999999999')", 404),
+        (f"/Observations('{p}lamp-n1:power_w:soon')", 404),
+        ("/Things('a%00b')", 404),
+        ("/Things(", 404),
+        ("/Things(lamp)", 400),
+        ("/", 404),
+    ]
+    for path, status in odd:
+        r = get(town, "lighting", path)
+        assert (r.status_code, path) == (status, path), r.text
+        assert r.json()["detail"]
+    r = get(town, "lighting", obs, **{"$filter": "phenomenonTime gt 2026-13-45T00:00:00Z"})
+    assert (r.status_code, r.json()["reason"]) == (400, "bad_filter")
+
+
 def test_an_aggregate_grant_yields_no_raw_observation_by_any_url(town: Town) -> None:
     p = town.prefix
     town.write("traffic_light", [(NOW - timedelta(minutes=1), f"{p}tl-n1", 2, 7)])
