@@ -164,6 +164,35 @@ def test_paging_by_next_link_returns_exactly_the_stored_readings(town: Town) -> 
     assert (too_many.status_code, too_many.json()["reason"]) == (400, "bad_query_option")
 
 
+def test_sensorthings_and_history_read_the_same_rows_under_one_grant(town: Town) -> None:
+    p = town.prefix
+    rows = [(NOW - timedelta(minutes=i), d, None, None, float(i))
+            for i in range(30) for d in (f"{p}lamp-n1", f"{p}lamp-s1")]  # fmt: skip
+    town.write("streetlight", rows)
+    grant = town.grant("lighting", consumer="planning", device_types=["streetlight"],
+                       districts=["north"], metrics=["power_w"])  # fmt: skip
+    start = (NOW - timedelta(hours=1)).isoformat()
+    with town.http("planning") as h:
+        history = h.get(
+            "/v1/history",
+            params={
+                "grant_id": grant["id"],
+                "start": start,
+                "end": (NOW + timedelta(seconds=1)).isoformat(),
+            },
+        )
+    assert history.status_code == 200, history.text
+    want = {(r["device_id"], r["time"].replace("+00:00", "Z"), r["value"])
+            for r in history.json()["readings"]}  # fmt: skip
+    got = set()
+    for thing in ids(get(town, "planning", "/Things").json()):
+        path = f"/Datastreams('{thing}:power_w')/Observations"
+        for o in get(town, "planning", path, **{"$top": "1000"}).json()["value"]:
+            got.add((thing, o["phenomenonTime"], o["result"]))
+    assert got == want
+    assert len(got) == 30  # lamp-n1's; lamp-s1 stands outside the grant
+
+
 def test_observations_filter_and_order_by_time_and_result(town: Town) -> None:
     p = town.prefix
     base = NOW - timedelta(hours=1)
