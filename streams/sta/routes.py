@@ -25,9 +25,10 @@ from store import query as store_query
 from store.errors import StoreError
 from store.schema import READINGS_TABLES
 from streams import audit
-from streams.auth import Caller, CallerDep
+from streams.auth import Caller
 from streams.errors import ApiError
 from streams.sta import entities as e
+from streams.sta.auth import StaCallerDep
 from streams.sta.options import (
     NOT_FOUND,
     NOT_IMPLEMENTED,
@@ -66,7 +67,7 @@ _NAV: Final = {
 
 
 @router.get("")
-async def service_root(request: Request, caller: CallerDep) -> JSONResponse:
+async def service_root(request: Request, caller: StaCallerDep) -> JSONResponse:
     """The service root: the entity sets served and the conformance classes met."""
     del caller  # authenticated like every other path
     base = _base(request)
@@ -79,7 +80,7 @@ async def service_root(request: Request, caller: CallerDep) -> JSONResponse:
 
 
 @router.get("/{path:path}")
-async def resource(request: Request, caller: CallerDep, path: str) -> JSONResponse:
+async def resource(request: Request, caller: StaCallerDep, path: str) -> JSONResponse:
     """An entity set, an entity by id, or a navigation from one (`/Things('a')/Datastreams`)."""
     segments = parse_path(path)
     async with request.app.state.pool.connection() as conn:

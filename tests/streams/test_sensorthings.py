@@ -55,6 +55,12 @@ def test_the_service_root_lists_the_entity_sets_and_conformance(town: Town) -> N
     assert "http://www.opengis.net/spec/iot_sensing/1.1/req/datamodel" in conformance
     with httpx.Client(base_url=town.base) as h:
         assert h.get(STA + "/Things").status_code == 401
+        basic = h.get(STA + "/Things", auth=("anyone", town.tokens["lighting"]))
+        assert ids(basic.json()) == [f"{town.prefix}lamp-{x}" for x in ("n1", "n2", "s1")]
+        wrong = h.get(STA + "/Things", auth=("lighting", "sbk_" + "x" * 43))
+        odd = h.get(STA + "/Things", headers={"Authorization": "Basic not-base64!"})
+    assert (wrong.status_code, wrong.json()["reason"]) == (401, "unknown_token")
+    assert (odd.status_code, odd.json()["reason"]) == (401, "malformed_token")
 
 
 def test_things_are_what_the_caller_owns_or_is_granted_and_nothing_else(town: Town) -> None:
@@ -301,21 +307,6 @@ def test_an_aggregate_grant_yields_no_raw_observation_by_any_url(town: Town) -> 
         assert r.status_code == 404, (path, r.text)
 
 
-class _Bearer(AuthHandler):  # type: ignore[misc]
-    """frost-sta-client's auth hook, sending the API's bearer token."""
-
-    def __init__(self, token: str) -> None:
-        super().__init__()
-        self.token = token
-
-    def add_auth_header(self) -> Any:
-        def sign(request: Any) -> Any:
-            request.headers["Authorization"] = f"Bearer {self.token}"
-            return request
-
-        return sign
-
-
 # frost-sta-client 1.1 still calls furl's deprecated `pathstr` on every request.
 @pytest.mark.filterwarnings("ignore:furl.pathstr is deprecated:DeprecationWarning")
 def test_an_independent_client_lists_filters_and_pages_exactly_what_is_granted(
@@ -327,7 +318,9 @@ def test_an_independent_client_lists_filters_and_pages_exactly_what_is_granted(
     town.write("streetlight", [(NOW, f"{p}lamp-s1", None, None, 1.0)])
     town.grant("lighting", consumer="planning", device_types=["streetlight"],
                districts=["north"])  # fmt: skip
-    service = SensorThingsService(town.base + STA, auth_handler=_Bearer(town.tokens["planning"]))
+    # It knows basic auth only: the token goes as the password.
+    basic = AuthHandler(username="planning", password=town.tokens["planning"])
+    service = SensorThingsService(town.base + STA, auth_handler=basic)
     things = list(service.things().query().list())
     assert [t.id for t in things] == [f"{p}lamp-n1", f"{p}lamp-n2"]
     streams = list(things[0].get_datastreams().query().list())
