@@ -193,6 +193,15 @@ def observation(
     }
 
 
+def render(base: str, entity_set: str, row: DeviceRow) -> dict[str, Any]:
+    """A registry row as a Thing, a Location or (a row per metric) a Datastream."""
+    if entity_set == "Things":
+        return thing(base, row)
+    if entity_set == "Locations":
+        return location(base, row)
+    return datastream(base, row)
+
+
 def iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 

@@ -23,10 +23,12 @@ MAX_TOP: Final = 1000
 DEFAULT_TOP: Final = 100
 # The longest $filter accepted: far above any hand-written one, and it bounds the parse.
 MAX_FILTER: Final = 2000
-# Options of 18-088 this server knows; `$expand`, `$search`, `$format` and `$resultFormat` are
-# known and not implemented.
-SUPPORTED: Final = frozenset({"$top", "$skip", "$count", "$select", "$orderby", "$filter"})
-UNSUPPORTED: Final = frozenset({"$expand", "$search", "$format", "$resultFormat", "$skiptoken"})
+# Options of 18-088 this server knows; `$search`, `$format` and `$resultFormat` are known and
+# not implemented.
+SUPPORTED: Final = frozenset(
+    {"$top", "$skip", "$count", "$select", "$orderby", "$filter", "$expand"}
+)
+UNSUPPORTED: Final = frozenset({"$search", "$format", "$resultFormat", "$skiptoken"})
 
 _SEGMENT: Final = re.compile(r"^([A-Za-z]+)(?:\((.*)\))?$")
 _TOKEN: Final = re.compile(
@@ -56,6 +58,7 @@ class Options:
     select: tuple[str, ...] | None
     descending: bool | None  # None: no $orderby
     filter: Filter | None
+    expand: tuple[str, ...] = ()
 
 
 def parse_path(path: str) -> list[Segment]:
@@ -95,6 +98,7 @@ def parse_options(
         select=_select(query.get("$select"), fields),
         descending=_orderby(query.get("$orderby")),
         filter=None if "$filter" not in query else parse_filter(query["$filter"]),
+        expand=_expand(query.get("$expand")),
     )
 
 
@@ -148,6 +152,18 @@ def _select(text: str | None, fields: frozenset[str]) -> tuple[str, ...] | None:
             f" (one of {', '.join(sorted(fields))})",
         )  # fmt: skip
     return names
+
+
+def _expand(text: str | None) -> tuple[str, ...]:
+    """Navigation properties to expand, one level deep and without options of their own."""
+    if text is None:
+        return ()
+    if any(c in text for c in "(/;$"):
+        raise ApiError(
+            NOT_IMPLEMENTED, "not_implemented",
+            f"$expand {text!r}: nested paths and options in $expand are not implemented",
+        )  # fmt: skip
+    return tuple(n.strip() for n in text.split(","))
 
 
 def _orderby(text: str | None) -> bool | None:

@@ -29,6 +29,7 @@ from streams.auth import Caller
 from streams.errors import ApiError
 from streams.sta import entities as e
 from streams.sta.auth import StaCallerDep
+from streams.sta.expand import expanded
 from streams.sta.options import (
     NOT_FOUND,
     NOT_IMPLEMENTED,
@@ -57,6 +58,16 @@ _FIELDS: Final = {
     "Datastreams": e.DATASTREAM_FIELDS, "Sensors": e.SENSOR_FIELDS,
     "ObservedProperties": e.PROPERTY_FIELDS, "Observations": e.OBSERVATION_FIELDS,
 }  # fmt: skip
+# Each entity set's navigation properties, and those `$expand` serves (one level, no options).
+_NAVIGATION: Final = {
+    "Things": {"Datastreams", "Locations", "HistoricalLocations"},
+    "Locations": {"Things", "HistoricalLocations"},
+    "Datastreams": {"Thing", "Sensor", "ObservedProperty", "Observations"},
+    "Sensors": {"Datastreams"}, "ObservedProperties": {"Datastreams"},
+    "Observations": {"Datastream", "FeatureOfInterest"},
+}  # fmt: skip
+_EXPANDABLE: Final = {"Things": {"Datastreams", "Locations"}, "Locations": {"Things"},
+                      "Datastreams": {"Thing", "Sensor", "ObservedProperty"}}  # fmt: skip
 # Kept as they are in a nextLink's query (OData's own characters), so the link reads as sent.
 _SAFE: Final = "$'(),:"
 # Navigation property → the entity set it leads to.
@@ -109,10 +120,18 @@ class _Ctx:
     request: Request
 
     def options(self, entity_set: str, *, observations: bool = False) -> Options:
-        return parse_options(
+        opts = parse_options(
             self.request.query_params, orderable=observations, filterable=observations,
             fields=_FIELDS[entity_set],
         )  # fmt: skip
+        for name in opts.expand:
+            if name not in _NAVIGATION[entity_set]:
+                raise ApiError(400, "bad_expand", f"$expand: {entity_set} have no {name!r}")
+            if name not in _EXPANDABLE.get(entity_set, ()):
+                raise ApiError(
+                    NOT_IMPLEMENTED, "not_implemented", f"$expand={name} of {entity_set}"
+                )
+        return opts
 
     def next_link(self, opts: Options) -> str:
         query = dict(self.request.query_params)
@@ -137,7 +156,9 @@ async def _resolve(ctx: _Ctx, segments: Sequence[Segment]) -> dict[str, Any]:
             raise ApiError(NOT_FOUND, "unknown_resource", f"{head.name} needs an id")
         return await _collection(ctx, head.name)
     if len(segments) == 1:
-        return e.selected(await _entity(ctx, head.name, head.id), ctx.options(head.name).select)
+        opts = ctx.options(head.name)
+        found = await _entity(ctx, head.name, head.id, expand=opts)
+        return found if opts.expand else e.selected(found, opts.select)
     return await _navigate(ctx, head, segments[1].name)
 
 
@@ -155,7 +176,9 @@ async def _collection(ctx: _Ctx, entity_set: str) -> dict[str, Any]:
     return await _devices(ctx, entity_set)
 
 
-async def _entity(ctx: _Ctx, entity_set: str, key: str) -> dict[str, Any]:
+async def _entity(
+    ctx: _Ctx, entity_set: str, key: str, *, expand: Options | None = None
+) -> dict[str, Any]:
     missing = e.missing(entity_set, key)
     if entity_set == "Sensors":
         if key not in await _types(ctx):
@@ -175,7 +198,10 @@ async def _entity(ctx: _Ctx, entity_set: str, key: str) -> dict[str, Any]:
         rows = await _rows(ctx, device_id=key, located=entity_set == "Locations", limit=1)
     if not rows:
         raise missing
-    return _render(ctx.base, entity_set, rows[0])
+    found = [e.render(ctx.base, entity_set, rows[0])]
+    if expand is not None:
+        found = await _expanded(ctx, entity_set, rows, expand)
+    return found[0]
 
 
 async def _navigate(ctx: _Ctx, head: Segment, nav: str) -> dict[str, Any]:
@@ -219,7 +245,7 @@ async def _devices(ctx: _Ctx, entity_set: str, **where: Any) -> dict[str, Any]:
     if not rows and opts.count:
         probe = await _rows(ctx, per_metric=per_metric, located=located, limit=1, **where)
         total = probe[0][-1] if probe else 0
-    found = [e.selected(_render(ctx.base, entity_set, r), opts.select) for r in rows]
+    found = await _expanded(ctx, entity_set, rows, opts)
     return _page(ctx, opts, found, more=opts.skip + len(rows) < total, total=total)
 
 
@@ -311,18 +337,17 @@ async def _record_read(ctx: _Ctx, view: View, device_type: str, count: int) -> N
     )  # fmt: skip
 
 
+async def _expanded(
+    ctx: _Ctx, entity_set: str, rows: Sequence[Any], opts: Options
+) -> list[dict[str, Any]]:
+    scopes = [v.scope for v in ctx.views]
+    return await expanded(ctx.conn, scopes, ctx.base, entity_set, rows, opts)
+
+
 async def _rows(ctx: _Ctx, **where: Any) -> list[Any]:
     query, params = store_query.devices([v.scope for v in ctx.views], **where)
     cur = await ctx.conn.execute(query, params)
     return list(await cur.fetchall())
-
-
-def _render(base: str, entity_set: str, row: tuple[Any, ...]) -> dict[str, Any]:
-    if entity_set == "Things":
-        return e.thing(base, row)
-    if entity_set == "Locations":
-        return e.location(base, row)
-    return e.datastream(base, row)
 
 
 async def _types(ctx: _Ctx) -> list[str]:

@@ -140,6 +140,31 @@ def test_navigation_between_things_datastreams_observations_and_the_rest(town: T
         assert get(town, "mobility", path).status_code == 404, path
 
 
+def test_expand_puts_the_related_entities_inline_under_the_same_grant(town: Town) -> None:
+    p = town.prefix
+    town.grant("lighting", consumer="planning", device_types=["streetlight"],
+               districts=["north"], metrics=["power_w"])  # fmt: skip
+    things = get(town, "planning", "/Things", **{"$expand": "Datastreams,Locations"}).json()
+    assert ids(things) == [f"{p}lamp-n1", f"{p}lamp-n2"]
+    for thing in things["value"]:
+        assert [d["@iot.id"] for d in thing["Datastreams"]] == [f"{thing['@iot.id']}:power_w"]
+        assert thing["Locations"][0]["location"]["type"] == "Point"
+    one = get(town, "planning", f"/Things('{p}lamp-n2')",
+              **{"$expand": "Datastreams", "$select": "name"}).json()  # fmt: skip
+    assert set(one) == {"name", "Datastreams"}
+    ds = get(town, "planning", "/Datastreams",
+             **{"$expand": "Thing,Sensor,ObservedProperty", "$top": "1"}).json()  # fmt: skip
+    first = ds["value"][0]
+    assert (first["Thing"]["@iot.id"], first["Sensor"]["@iot.id"]) == (f"{p}lamp-n1", "streetlight")
+    assert first["ObservedProperty"]["name"] == "power_w"
+    assert "@iot.nextLink" in ds
+    # No traffic lights are granted: their Things have none to expand, nor exist.
+    assert (
+        get(town, "planning", f"/Things('{p}tl-n1')", **{"$expand": "Datastreams"}).status_code
+        == 404
+    )
+
+
 def test_paging_by_next_link_returns_exactly_the_stored_readings(town: Town) -> None:
     p = town.prefix
     stored = [(NOW - timedelta(seconds=3 * i), float(i % 997)) for i in range(1234)]
@@ -233,7 +258,9 @@ def test_observations_filter_and_order_by_time_and_result(town: Town) -> None:
 @pytest.mark.parametrize(
     ("path", "params", "status", "named"),
     [
-        ("/Things", {"$expand": "Datastreams"}, 501, "$expand"),
+        ("/Things", {"$expand": "Datastreams($top=1)"}, 501, "$expand"),
+        ("/Datastreams", {"$expand": "Observations"}, 501, "Observations"),
+        ("/Things", {"$expand": "Colour"}, 400, "Colour"),
         ("/Things", {"$filter": "name eq 'x'"}, 501, "$filter"),
         ("/Things", {"$orderby": "name"}, 501, "$orderby"),
         ("/Things", {"$frobnicate": "1"}, 400, "$frobnicate"),
@@ -321,8 +348,9 @@ def test_an_independent_client_lists_filters_and_pages_exactly_what_is_granted(
     # It knows basic auth only: the token goes as the password.
     basic = AuthHandler(username="planning", password=town.tokens["planning"])
     service = SensorThingsService(town.base + STA, auth_handler=basic)
-    things = list(service.things().query().list())
+    things = list(service.things().query().expand("Locations").list())
     assert [t.id for t in things] == [f"{p}lamp-n1", f"{p}lamp-n2"]
+    assert [loc.id for loc in things[0].locations] == [f"{p}lamp-n1"]
     streams = list(things[0].get_datastreams().query().list())
     assert [d.id for d in streams] == [
         f"{p}lamp-n1:{m}" for m in ("dim_level", "lamp_on", "power_w")
