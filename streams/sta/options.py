@@ -23,6 +23,9 @@ MAX_TOP: Final = 1000
 DEFAULT_TOP: Final = 100
 # The longest $filter accepted: far above any hand-written one, and it bounds the parse.
 MAX_FILTER: Final = 2000
+# Parentheses and `not`s one filter may nest: far above a hand-written one, and well inside
+# Python's recursion limit (each level is three frames of the parser).
+MAX_NESTING: Final = 50
 # Options of 18-088 this server knows; `$search`, `$format` and `$resultFormat` are known and
 # not implemented.
 SUPPORTED: Final = frozenset(
@@ -203,6 +206,7 @@ class _Parser:
     def __init__(self, tokens: list[tuple[str, str]]) -> None:
         self.tokens = tokens
         self.at = 0
+        self.depth = 0
 
     def peek(self) -> tuple[str, str] | None:
         return self.tokens[self.at] if self.at < len(self.tokens) else None
@@ -230,6 +234,12 @@ class _Parser:
         return Or(tuple(parts)) if word == "or" else And(tuple(parts))
 
     def negation(self) -> Filter:
+        if self.peek() in (("name", "not"), ("punct", "(")):
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise ApiError(
+                    BAD_REQUEST, "bad_filter", f"$filter nests deeper than {MAX_NESTING}"
+                )
         if self.peek() == ("name", "not"):
             self.take()
             return Not(self.negation())
