@@ -145,9 +145,11 @@ class BucketKey:
 class _Params:
     values: dict[str, Any] = field(default_factory=dict)
     _names: Iterator[int] = field(default_factory=itertools.count)
+    # Parameter names start with this: queries built apart can be joined into one statement.
+    prefix: str = "p"
 
     def add(self, value: Any) -> sql.Composable:
-        name = f"p{next(self._names)}"
+        name = f"{self.prefix}{next(self._names)}"
         self.values[name] = value
         return sql.Placeholder(name)
 
@@ -183,6 +185,7 @@ def raw(
     committed_after: str | None = None,
     committed_upto: str | None = None,
     total: bool = False,
+    names: str = "p",
 ) -> Query:
     """Wide rows (time, device_id, service, district, metrics...) of `scope`, keyed by
     (time, device_id) in `direction`, after `after`.
@@ -190,11 +193,11 @@ def raw(
     `last_n`: only each device's newest N rows in the range. `committed_after` and
     `committed_upto` (snapshots) keep the rows committed after / seen by them. `total`: each
     row ends with the count of all rows the page is taken from, in the same statement; an
-    empty page is then one row of NULLs carrying that count.
+    empty page is then one row of NULLs carrying that count. `names`: the parameters' prefix.
     """
     if scope.pooled:
         raise StoreError("a pooled scope has no raw readings")
-    p = _Params()
+    p = _Params(prefix=names)
     conds = _conds(scope, "r.time", start, end, p)
     if scope.where is not None:
         conds.append(_filter(scope.where, p, scope))
@@ -249,6 +252,49 @@ def raw(
             "SELECT q.*, c.total FROM (SELECT count(*) AS total FROM ({inner}) x WHERE {outer}) c"
             " LEFT JOIN ({page}) q ON true ORDER BY q.time {order}, q.device_id {order}"
         ).format(inner=inner, outer=where, page=query, order=order)
+    return query, p.values
+
+
+def readings(
+    scopes: Sequence[Scope],
+    *,
+    limit: int,
+    offset: int = 0,
+    direction: Direction = "asc",
+) -> Query:
+    """One row per reading of one metric that any of `scopes` sees: time, device_id,
+    device_type, metric, value, in (time, device_id, device_type, metric) order; a reading two
+    scopes see is one row. Each scope's own filter applies to its rows."""
+    params: dict[str, Any] = {}
+    branches: list[sql.Composable] = []
+    for index, scope in enumerate(scopes):
+        if scope.pooled:
+            continue
+        # No scope gives more than limit + offset rows to the page: a wide row is >= 1 reading.
+        query, values = raw(scope, limit=limit + offset, direction=direction, names=f"s{index}_")
+        params.update(values)
+        pairs = sql.SQL(", ").join(
+            sql.SQL("({}, x.{})").format(sql.Literal(m), sql.Identifier(m))
+            for m in scope.chosen_metrics
+        )
+        branches.append(
+            sql.SQL(
+                "SELECT x.time, x.device_id, {t}::text AS device_type, m.metric, m.value"
+                " FROM ({q}) x CROSS JOIN LATERAL (VALUES {pairs}) AS m(metric, value)"
+                " WHERE m.value IS NOT NULL"
+            ).format(t=sql.Literal(scope.device_type), q=query, pairs=pairs)
+        )
+    if not branches:
+        return sql.SQL(
+            "SELECT NULL::timestamptz AS time, NULL::text AS device_id,"
+            " NULL::text AS device_type, NULL::text AS metric, NULL::float8 AS value WHERE false"
+        ).format(), {}
+    p = _Params(values=params, prefix="page")
+    order = sql.SQL("ASC" if direction == "asc" else "DESC")
+    query = sql.SQL(
+        "SELECT * FROM ({branches}) u"
+        " ORDER BY u.time {o}, u.device_id {o}, u.device_type {o}, u.metric {o}{limit}"
+    ).format(branches=sql.SQL(" UNION ").join(branches), o=order, limit=_limit(p, limit, offset))
     return query, p.values
 
 

@@ -22,7 +22,6 @@ from fastapi.responses import JSONResponse
 from psycopg import sql
 
 from store import query as store_query
-from store.errors import StoreError
 from store.schema import READINGS_TABLES
 from streams import audit
 from streams.auth import Caller
@@ -38,7 +37,7 @@ from streams.sta.options import (
     parse_options,
     parse_path,
 )
-from streams.sta.views import View, views
+from streams.sta.views import View, names_result, narrowed, views
 
 logger = logging.getLogger(__name__)
 
@@ -164,10 +163,7 @@ async def _resolve(ctx: _Ctx, segments: Sequence[Segment]) -> dict[str, Any]:
 
 async def _collection(ctx: _Ctx, entity_set: str) -> dict[str, Any]:
     if entity_set == "Observations":
-        raise ApiError(
-            NOT_IMPLEMENTED, "not_implemented",
-            "Observations are listed per Datastream: /Datastreams('id')/Observations",
-        )  # fmt: skip
+        return await _all_observations(ctx)
     if entity_set == "Sensors":
         return _listed(ctx, "Sensors", [e.sensor(ctx.base, t) for t in await _types(ctx)])
     if entity_set == "ObservedProperties":
@@ -267,7 +263,7 @@ async def _one_datastream(ctx: _Ctx, key: str) -> tuple[Any, ...]:
 async def _observations(ctx: _Ctx, row: tuple[Any, ...]) -> dict[str, Any]:
     opts = ctx.options("Observations", observations=True)
     view = ctx.views[row[9]]
-    scope = _observed(view, row, opts.filter)
+    scope = narrowed(view, row[0], row[8], opts.filter)
     query, params = store_query.raw(
         scope, limit=opts.top + 1, offset=opts.skip, total=opts.count,
         direction="desc" if opts.descending else "asc",
@@ -288,12 +284,47 @@ async def _observations(ctx: _Ctx, row: tuple[Any, ...]) -> dict[str, Any]:
     return _page(ctx, opts, found, more=more, total=total)
 
 
+async def _all_observations(ctx: _Ctx) -> dict[str, Any]:
+    """Every Observation the caller sees, across its Datastreams: one statement."""
+    opts = ctx.options("Observations", observations=True)
+    if opts.count:
+        raise ApiError(
+            NOT_IMPLEMENTED, "not_implemented",
+            "$count on the Observations collection: count per Datastream",
+        )  # fmt: skip
+    if opts.filter is not None and names_result(opts.filter):
+        raise ApiError(
+            NOT_IMPLEMENTED, "not_implemented",
+            "$filter on result across Datastreams: filter /Datastreams('id')/Observations",
+        )  # fmt: skip
+    scopes = [dataclasses.replace(v.scope, where=opts.filter) for v in ctx.views]
+    query, params = store_query.readings(
+        scopes, limit=opts.top + 1, offset=opts.skip,
+        direction="desc" if opts.descending else "asc",
+    )  # fmt: skip
+    cur = await ctx.conn.execute(query, params)
+    rows = await cur.fetchall()
+    found = [
+        e.selected(e.observation(ctx.base, t, device_id, metric, at, v), opts.select)
+        for at, device_id, t, metric, v in rows[: opts.top]
+    ]
+    grants = sorted({v.grant.id for v in ctx.views if v.grant is not None})
+    await audit.record(
+        ctx.conn,
+        audit.Event(
+            ctx.caller.principal, "sta.read", ctx.caller.service, ctx.caller.principal, None,
+            None, len(found), {"grants": grants, "path": ctx.request.url.path},
+        ),
+    )  # fmt: skip
+    return _page(ctx, opts, found, more=len(rows) > opts.top, total=None)
+
+
 async def _observation(ctx: _Ctx, key: str) -> dict[str, Any]:
     device_id, metric, at = e.split_observation(key)
     row = await _one_datastream(ctx, e.datastream_id(device_id, metric))
     view = ctx.views[row[9]]
     query, params = store_query.raw(
-        _observed(view, row, None), start=at, end=at + timedelta(microseconds=1), limit=1
+        narrowed(view, row[0], row[8], None), start=at, end=at + timedelta(microseconds=1), limit=1
     )
     cur = await ctx.conn.execute(query, params)
     found = await cur.fetchone()
@@ -301,28 +332,6 @@ async def _observation(ctx: _Ctx, key: str) -> dict[str, Any]:
         raise e.missing("Observations", key)
     await _record_read(ctx, view, row[1], 1)
     return e.observation(ctx.base, row[1], device_id, metric, found[0], found[4])
-
-
-def _observed(view: View, row: tuple[Any, ...], where: store_query.Filter | None) -> Any:
-    """The view's scope narrowed to one Datastream (device and metric), with the filter's
-    `result` bound to the metric's column."""
-    device_id, metric = row[0], row[8]
-    try:
-        return dataclasses.replace(
-            view.scope, device_ids=(device_id,), metrics=(metric,),
-            where=None if where is None else _bind(where, metric),
-        )  # fmt: skip
-    except StoreError as exc:
-        raise ApiError(400, "bad_filter", str(exc)) from None
-
-
-def _bind(f: store_query.Filter, metric: str) -> store_query.Filter:
-    if isinstance(f, store_query.Cmp):
-        return dataclasses.replace(f, field=metric) if f.field == "result" else f
-    if isinstance(f, store_query.Not):
-        return store_query.Not(_bind(f.part, metric))
-    parts = tuple(_bind(x, metric) for x in f.parts)
-    return store_query.And(parts) if isinstance(f, store_query.And) else store_query.Or(parts)
 
 
 async def _record_read(ctx: _Ctx, view: View, device_type: str, count: int) -> None:

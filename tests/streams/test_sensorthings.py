@@ -224,6 +224,44 @@ def test_sensorthings_and_history_read_the_same_rows_under_one_grant(town: Town)
     assert len(got) == 30  # lamp-n1's; lamp-s1 stands outside the grant
 
 
+def test_the_observations_collection_is_every_granted_reading_once(town: Town) -> None:
+    p = town.prefix
+    t = [NOW - timedelta(minutes=m) for m in range(6)]
+    town.write("streetlight", [(t[i], d, 1, 50.0, float(i)) for i in range(6)
+                               for d in (f"{p}lamp-n1", f"{p}lamp-s1")])  # fmt: skip
+    town.write("traffic_light", [(t[0], f"{p}tl-n1", 2, 9)])
+    # Two grants that overlap on lamp-n1's power: each reading is still one Observation.
+    town.grant("lighting", consumer="planning", device_types=["streetlight"],
+               districts=["north"], metrics=["power_w"])  # fmt: skip
+    town.grant("lighting", consumer="planning", device_types=["streetlight"],
+               metrics=["power_w"], purpose="street works")  # fmt: skip
+    url = f"{town.base}{STA}/Observations?$top=5"
+    got = []
+    with town.http("planning") as h:
+        while url:
+            body = h.get(url).json()
+            got += [o["@iot.id"].removeprefix(p) for o in body["value"]]
+            url = body.get("@iot.nextLink", "")
+    want = sorted((at, d) for at in t for d in ("lamp-n1", "lamp-s1"))
+    assert got == [f"{d}:power_w:{int(at.timestamp()) * 1_000_000}" for at, d in want]
+    newest = get(
+        town,
+        "planning",
+        "/Observations",
+        **{
+            "$orderby": "phenomenonTime desc",
+            "$top": "2",
+            "$filter": f"phenomenonTime lt {t[1].isoformat().replace('+00:00', 'Z')}",
+        },
+    )
+    assert [o["result"] for o in newest.json()["value"]] == [2.0, 2.0]
+    own = get(town, "mobility", "/Observations").json()["value"]
+    assert {(o["@iot.id"].split(":")[1], o["result"]) for o in own} == {
+        ("phase", 2),
+        ("vehicle_count", 9),
+    }
+
+
 def test_observations_filter_and_order_by_time_and_result(town: Town) -> None:
     p = town.prefix
     base = NOW - timedelta(hours=1)
@@ -274,7 +312,8 @@ def test_observations_filter_and_order_by_time_and_result(town: Town) -> None:
         ("/OBS", {"$filter": "(result gt 1"}, 400, "("),
         ("/OBS", {"$filter": "phenomenonTime gt 'yesterday'"}, 400, "$filter"),
         ("/OBS", {"$orderby": "result desc"}, 501, "$orderby"),
-        ("/Observations", {}, 501, "Datastream"),
+        ("/Observations", {"$count": "true"}, 501, "$count"),
+        ("/Observations", {"$filter": "result gt 1"}, 501, "result"),
         ("/HistoricalLocations", {}, 501, "HistoricalLocations"),
         ("/Things('x')/$ref", {}, 501, "$ref"),
         ("/Nonsense", {}, 404, "Nonsense"),
