@@ -225,7 +225,9 @@ async def _navigate(ctx: _Ctx, head: Segment, nav: str) -> dict[str, Any]:
         ),
     }
     if (head.name, nav) not in filters:
-        raise ApiError(NOT_FOUND, "unknown_resource", f"{head.name} has no {nav}")
+        if nav in _NAVIGATION[head.name]:
+            raise ApiError(NOT_IMPLEMENTED, "not_implemented", f"{nav} are not served yet")
+        raise ApiError(NOT_FOUND, "unknown_resource", f"{head.name} have no {nav}")
     await _entity(ctx, head.name, head.id)  # the head must be visible: else a 404
     return await _devices(ctx, nav, **filters[(head.name, nav)])
 

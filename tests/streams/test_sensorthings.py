@@ -315,6 +315,8 @@ def test_observations_filter_and_order_by_time_and_result(town: Town) -> None:
         ("/Observations", {"$count": "true"}, 501, "$count"),
         ("/Observations", {"$filter": "result gt 1"}, 501, "result"),
         ("/HistoricalLocations", {}, 501, "HistoricalLocations"),
+        ("/Things('x')/HistoricalLocations", {}, 501, "HistoricalLocations"),
+        ("/Things('x')/Colours", {}, 404, "Colours"),
         ("/Things('x')/$ref", {}, 501, "$ref"),
         ("/Nonsense", {}, 404, "Nonsense"),
     ],
