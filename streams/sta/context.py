@@ -21,6 +21,7 @@ FIELDS: Final = {
     "Things": e.THING_FIELDS, "Locations": e.LOCATION_FIELDS,
     "Datastreams": e.DATASTREAM_FIELDS, "Sensors": e.SENSOR_FIELDS,
     "ObservedProperties": e.PROPERTY_FIELDS, "Observations": e.OBSERVATION_FIELDS,
+    "FeaturesOfInterest": e.FEATURE_FIELDS,
 }  # fmt: skip
 # Each entity set's navigation properties, and those `$expand` serves (one level, no options).
 NAVIGATION: Final = {
@@ -29,6 +30,7 @@ NAVIGATION: Final = {
     "Datastreams": {"Thing", "Sensor", "ObservedProperty", "Observations"},
     "Sensors": {"Datastreams"}, "ObservedProperties": {"Datastreams"},
     "Observations": {"Datastream", "FeatureOfInterest"},
+    "FeaturesOfInterest": {"Observations"},
 }  # fmt: skip
 EXPANDABLE: Final = {"Things": {"Datastreams", "Locations"}, "Locations": {"Things"},
                       "Datastreams": {"Thing", "Sensor", "ObservedProperty"}}  # fmt: skip

@@ -41,6 +41,9 @@ PROPERTY_FIELDS: Final = frozenset(
 OBSERVATION_FIELDS: Final = frozenset(
     {"@iot.id", "@iot.selfLink", "phenomenonTime", "resultTime", "result"}
 )
+FEATURE_FIELDS: Final = frozenset(
+    {"@iot.id", "@iot.selfLink", "name", "description", "encodingType", "feature"}
+)
 
 
 def link(base: str, entity_set: str, entity_id: str) -> str:
@@ -87,6 +90,27 @@ def location(base: str, row: DeviceRow) -> dict[str, Any]:
         "encodingType": "application/geo+json",
         "location": {"type": "Point", "coordinates": [lon, lat]},
         "Things@iot.navigationLink": f"{self_link}/Things",
+    }
+
+
+def feature_of_interest(base: str, row: DeviceRow) -> dict[str, Any]:
+    """What a device's readings are about: where it stands (a point), or, for a device with no
+    position, its district (a GeoJSON feature with no geometry)."""
+    device_id, district, lat, lon = row[0], row[4], row[5], row[6]
+    self_link = link(base, "FeaturesOfInterest", device_id)
+    feature: dict[str, Any] = (
+        {"type": "Point", "coordinates": [lon, lat]}
+        if lat is not None and lon is not None
+        else {"type": "Feature", "geometry": None, "properties": {"district": district}}
+    )
+    return {
+        "@iot.id": device_id,
+        "@iot.selfLink": self_link,
+        "name": f"surroundings of {device_id}",
+        "description": f"what {device_id} measures, in district {district or 'unknown'}",
+        "encodingType": "application/geo+json",
+        "feature": feature,
+        "Observations@iot.navigationLink": f"{self_link}/Observations",
     }
 
 
@@ -199,6 +223,8 @@ def render(base: str, entity_set: str, row: DeviceRow) -> dict[str, Any]:
         return thing(base, row)
     if entity_set == "Locations":
         return location(base, row)
+    if entity_set == "FeaturesOfInterest":
+        return feature_of_interest(base, row)
     return datastream(base, row)
 
 

@@ -40,8 +40,9 @@ async def of_datastream(ctx: Ctx, row: tuple[Any, ...]) -> dict[str, Any]:
     return page(ctx, opts, found, more=more, total=total)
 
 
-async def all_observations(ctx: Ctx) -> dict[str, Any]:
-    """Every Observation the caller sees, across its Datastreams: one statement."""
+async def all_observations(ctx: Ctx, device_id: str | None = None) -> dict[str, Any]:
+    """Every Observation the caller sees (of one device's: `device_id`), across its
+    Datastreams: one statement."""
     opts = ctx.options("Observations", observations=True)
     if opts.count:
         raise ApiError(
@@ -53,7 +54,9 @@ async def all_observations(ctx: Ctx) -> dict[str, Any]:
             NOT_IMPLEMENTED, "not_implemented",
             "$filter on result across Datastreams: filter /Datastreams('id')/Observations",
         )  # fmt: skip
-    scopes = [dataclasses.replace(v.scope, where=opts.filter) for v in ctx.views]
+    only = None if device_id is None else (device_id,)
+    scopes = [dataclasses.replace(v.scope, where=opts.filter, device_ids=only or v.scope.device_ids)
+              for v in ctx.views]  # fmt: skip
     query, params = store_query.readings(
         scopes, limit=opts.top + 1, offset=opts.skip,
         direction="desc" if opts.descending else "asc",

@@ -40,8 +40,8 @@ router = APIRouter(prefix="/sta/v1.1", tags=["sensorthings"])
 
 ROOT: Final = "/sta/v1.1"
 ENTITY_SETS: Final = ("Things", "Locations", "Datastreams", "Sensors", "ObservedProperties",
-                      "Observations")  # fmt: skip
-NOT_SERVED: Final = ("HistoricalLocations", "FeaturesOfInterest")
+                      "Observations", "FeaturesOfInterest")  # fmt: skip
+NOT_SERVED: Final = ("HistoricalLocations",)
 CONFORMANCE: Final = (
     "http://www.opengis.net/spec/iot_sensing/1.1/req/datamodel",
     "http://www.opengis.net/spec/iot_sensing/1.1/req/resource-path/resource-path-to-entities",
@@ -163,6 +163,12 @@ async def _navigate(ctx: Ctx, head: Segment, nav: str) -> dict[str, Any]:
         return await _entity(ctx, "Datastreams", e.datastream_id(device_id, metric))
     if head.name == "Datastreams" and nav == "Observations":
         return await observations.of_datastream(ctx, await one_datastream(ctx, head.id))
+    if head.name == "Observations" and nav == "FeatureOfInterest":
+        await _entity(ctx, "Observations", head.id)
+        return await _entity(ctx, "FeaturesOfInterest", e.split_observation(head.id)[0])
+    if head.name == "FeaturesOfInterest" and nav == "Observations":
+        await _entity(ctx, head.name, head.id)
+        return await observations.all_observations(ctx, head.id)
     filters: dict[tuple[str, str], dict[str, Any]] = {
         ("Things", "Datastreams"): {"device_id": head.id},
         ("Things", "Locations"): {"device_id": head.id},

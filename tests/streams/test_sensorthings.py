@@ -49,7 +49,7 @@ def test_the_service_root_lists_the_entity_sets_and_conformance(town: Town) -> N
     body = r.json()
     names = {x["name"]: x["url"] for x in body["value"]}
     assert set(names) == {"Things", "Locations", "Datastreams", "Sensors",
-                          "ObservedProperties", "Observations"}  # fmt: skip
+                          "ObservedProperties", "Observations", "FeaturesOfInterest"}  # fmt: skip
     assert names["Things"] == f"{town.base}{STA}/Things"
     conformance = body["serverSettings"]["conformance"]
     assert "http://www.opengis.net/spec/iot_sensing/1.1/req/datamodel" in conformance
@@ -163,6 +163,27 @@ def test_expand_puts_the_related_entities_inline_under_the_same_grant(town: Town
         get(town, "planning", f"/Things('{p}tl-n1')", **{"$expand": "Datastreams"}).status_code
         == 404
     )
+
+
+def test_a_reading_is_about_the_place_its_device_stands(town: Town) -> None:
+    p = town.prefix
+    town.write("streetlight", [(NOW, f"{p}lamp-n1", 1, 20.0, 30.0)])
+    town.write("traffic_light", [(NOW, f"{p}tl-n1", 2, 4)])
+    lamps = get(town, "lighting", "/FeaturesOfInterest").json()
+    assert ids(lamps) == [f"{p}lamp-n1", f"{p}lamp-n2", f"{p}lamp-s1"]
+    assert lamps["value"][0]["feature"] == {"type": "Point", "coordinates": [4.1, 50.1]}
+    about = get(town, "lighting", f"/FeaturesOfInterest('{p}lamp-n1')/Observations").json()
+    assert sorted(o["result"] for o in about["value"]) == [True, 20.0, 30.0]
+    one = about["value"][0]["@iot.selfLink"].removeprefix(town.base + STA)
+    foi = get(town, "lighting", one + "/FeatureOfInterest").json()
+    assert foi["@iot.id"] == f"{p}lamp-n1"
+    # A device with no position: its district, with no geometry.
+    signal = get(town, "mobility", f"/FeaturesOfInterest('{p}tl-n1')").json()
+    assert signal["feature"]["geometry"] is None
+    assert signal["feature"]["properties"] == {"district": "north"}
+    for path in (f"/FeaturesOfInterest('{p}lamp-n1')", one + "/FeatureOfInterest",
+                 f"/FeaturesOfInterest('{p}lamp-n1')/Observations"):  # fmt: skip
+        assert get(town, "mobility", path).status_code == 404, path
 
 
 def test_paging_by_next_link_returns_exactly_the_stored_readings(town: Town) -> None:
