@@ -145,9 +145,11 @@ class BucketKey:
 class _Params:
     values: dict[str, Any] = field(default_factory=dict)
     _names: Iterator[int] = field(default_factory=itertools.count)
+    # Parameter names start with this: queries built apart can be joined into one statement.
+    prefix: str = "p"
 
     def add(self, value: Any) -> sql.Composable:
-        name = f"p{next(self._names)}"
+        name = f"{self.prefix}{next(self._names)}"
         self.values[name] = value
         return sql.Placeholder(name)
 
@@ -182,16 +184,20 @@ def raw(
     last_n: int | None = None,
     committed_after: str | None = None,
     committed_upto: str | None = None,
+    total: bool = False,
+    names: str = "p",
 ) -> Query:
     """Wide rows (time, device_id, service, district, metrics...) of `scope`, keyed by
     (time, device_id) in `direction`, after `after`.
 
     `last_n`: only each device's newest N rows in the range. `committed_after` and
-    `committed_upto` (snapshots) keep the rows committed after / seen by them.
+    `committed_upto` (snapshots) keep the rows committed after / seen by them. `total`: each
+    row ends with the count of all rows the page is taken from, in the same statement; an
+    empty page is then one row of NULLs carrying that count. `names`: the parameters' prefix.
     """
     if scope.pooled:
         raise StoreError("a pooled scope has no raw readings")
-    p = _Params()
+    p = _Params(prefix=names)
     conds = _conds(scope, "r.time", start, end, p)
     if scope.where is not None:
         conds.append(_filter(scope.where, p, scope))
@@ -230,16 +236,131 @@ def raw(
                 sql.SQL(cmp), p.add(after.time), p.add(after.device_id)
             )
         )
+    where = sql.SQL(" AND ").join(outer) if outer else sql.SQL("true")
     query = sql.SQL(
         "SELECT x.time, x.device_id, x.service, x.district, {metrics} FROM ({inner}) x"
-        " WHERE {outer} ORDER BY x.time {order}, x.device_id {order}{limit}{offset}"
+        " WHERE {outer} ORDER BY x.time {order}, x.device_id {order}{limit}"
     ).format(
         metrics=sql.SQL(", ").join(sql.SQL("x.{}").format(sql.Identifier(m)) for m in metrics),
         inner=inner,
-        outer=sql.SQL(" AND ").join(outer) if outer else sql.SQL("true"),
+        outer=where,
         order=order,
-        limit=sql.SQL(" LIMIT {}").format(p.add(limit)) if limit is not None else sql.SQL(""),
-        offset=sql.SQL(" OFFSET {}").format(p.add(offset)) if offset else sql.SQL(""),
+        limit=_limit(p, limit, offset),
+    )
+    if total:
+        query = sql.SQL(
+            "SELECT q.*, c.total FROM (SELECT count(*) AS total FROM ({inner}) x WHERE {outer}) c"
+            " LEFT JOIN ({page}) q ON true ORDER BY q.time {order}, q.device_id {order}"
+        ).format(inner=inner, outer=where, page=query, order=order)
+    return query, p.values
+
+
+def readings(
+    scopes: Sequence[Scope],
+    *,
+    limit: int,
+    offset: int = 0,
+    direction: Direction = "asc",
+) -> Query:
+    """One row per reading of one metric that any of `scopes` sees: time, device_id,
+    device_type, metric, value, in (time, device_id, device_type, metric) order; a reading two
+    scopes see is one row. Each scope's own filter applies to its rows."""
+    params: dict[str, Any] = {}
+    branches: list[sql.Composable] = []
+    for index, scope in enumerate(scopes):
+        if scope.pooled:
+            continue
+        # No scope gives more than limit + offset rows to the page: a wide row is >= 1 reading.
+        query, values = raw(scope, limit=limit + offset, direction=direction, names=f"s{index}_")
+        params.update(values)
+        pairs = sql.SQL(", ").join(
+            sql.SQL("({}, x.{})").format(sql.Literal(m), sql.Identifier(m))
+            for m in scope.chosen_metrics
+        )
+        branches.append(
+            sql.SQL(
+                "SELECT x.time, x.device_id, {t}::text AS device_type, m.metric, m.value"
+                " FROM ({q}) x CROSS JOIN LATERAL (VALUES {pairs}) AS m(metric, value)"
+                " WHERE m.value IS NOT NULL"
+            ).format(t=sql.Literal(scope.device_type), q=query, pairs=pairs)
+        )
+    if not branches:
+        return sql.SQL(
+            "SELECT NULL::timestamptz AS time, NULL::text AS device_id,"
+            " NULL::text AS device_type, NULL::text AS metric, NULL::float8 AS value WHERE false"
+        ).format(), {}
+    p = _Params(values=params, prefix="page")
+    order = sql.SQL("ASC" if direction == "asc" else "DESC")
+    query = sql.SQL(
+        "SELECT * FROM ({branches}) u"
+        " ORDER BY u.time {o}, u.device_id {o}, u.device_type {o}, u.metric {o}{limit}"
+    ).format(branches=sql.SQL(" UNION ").join(branches), o=order, limit=_limit(p, limit, offset))
+    return query, p.values
+
+
+def devices(
+    scopes: Sequence[Scope],
+    *,
+    device_id: str | None = None,
+    device_type: str | None = None,
+    metric: str | None = None,
+    per_metric: bool = False,
+    located: bool = False,
+    limit: int | None = None,
+    offset: int = 0,
+) -> Query:
+    """The registry rows of the devices any of `scopes` may see, in id order: device_id,
+    device_type, service, organisation, district, lat, lon, medium, metric, the index of the
+    first scope that sees it, and the count of all such rows (before limit and offset).
+
+    One row per device, or per device and metric of the scopes with `per_metric` (metric is
+    NULL otherwise). A device is seen under a scope when it is of the scope's type, its
+    current owner is one of the scope's owners and it stands where the scope allows (the
+    registry conditions raw() applies to readings); `located`: only devices with a position.
+    """
+    p = _Params()
+    branches: list[sql.Composable] = []
+    for index, scope in enumerate(scopes):
+        if scope.pooled or (device_type is not None and scope.device_type != device_type):
+            continue
+        if metric is not None and metric not in scope.chosen_metrics:
+            continue
+        conds = _device_conds(scope, p, alias="d")
+        conds.append(sql.SQL("d.device_type = {}").format(p.add(scope.device_type)))
+        if scope.owners is not None:
+            conds.append(sql.SQL("d.service = ANY({})").format(p.add(list(scope.owners))))
+        if device_id is not None:
+            conds.append(sql.SQL("d.device_id = {}").format(p.add(device_id)))
+        if located:
+            conds.append(sql.SQL("d.lat IS NOT NULL AND d.lon IS NOT NULL"))
+        chosen = [metric] if metric is not None else list(scope.chosen_metrics)
+        names = (
+            sql.SQL("unnest({}::text[])").format(p.add(chosen))
+            if per_metric
+            else sql.SQL("(VALUES (NULL::text))")
+        )
+        branches.append(
+            sql.SQL(
+                "SELECT d.device_id, d.device_type, d.service, s.organisation, d.district,"
+                " d.lat, d.lon, d.medium, m.metric, {i} AS scope"
+                " FROM devices d LEFT JOIN services s ON s.name = d.service"
+                " CROSS JOIN {names} AS m(metric) WHERE {conds}"
+            ).format(i=sql.Literal(index), names=names, conds=sql.SQL(" AND ").join(conds))
+        )
+    if not branches:
+        return sql.SQL(
+            "SELECT NULL::text AS device_id, NULL::text AS device_type, NULL::text AS service,"
+            " NULL::text AS organisation, NULL::text AS district, NULL::float8 AS lat,"
+            " NULL::float8 AS lon, NULL::text AS medium, NULL::text AS metric, 0 AS scope,"
+            " 0::bigint AS total WHERE false"
+        ).format(), {}
+    query = sql.SQL(
+        "SELECT device_id, device_type, service, organisation, district, lat, lon, medium,"
+        " metric, min(scope) AS scope, count(*) OVER () AS total FROM ({branches}) b"
+        " GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9 ORDER BY device_id, metric{limit}"
+    ).format(
+        branches=sql.SQL(" UNION ALL ").join(branches),
+        limit=_limit(p, limit, offset),
     )
     return query, p.values
 
@@ -305,7 +426,7 @@ def buckets(
         values=values,
         avg=sql.SQL(STORED_AVG),
         keyset=keyset,
-        limit=sql.SQL(" LIMIT {}").format(p.add(limit)) if limit is not None else sql.SQL(""),
+        limit=_limit(p, limit),
     )
     return query, p.values
 
@@ -349,7 +470,7 @@ def pooled(
         " ORDER BY p.bucket, p.district, p.metric, p.service{limit}"
     ).format(
         conds=sql.SQL(" AND ").join(conds),
-        limit=sql.SQL(" LIMIT {}").format(p.add(limit)) if limit is not None else sql.SQL(""),
+        limit=_limit(p, limit),
     )
     return query, p.values
 
@@ -649,6 +770,16 @@ def _covered_districts(scope: Scope, p: _Params) -> sql.Composable:
         y0=p.add(y0),
         y1=p.add(y1),
     )
+
+
+def _limit(p: _Params, limit: int | None, offset: int = 0) -> sql.Composable:
+    """` LIMIT n OFFSET k` of a page (either left out when not asked for)."""
+    parts: list[sql.Composable] = []
+    if limit is not None:
+        parts.append(sql.SQL(" LIMIT {}").format(p.add(limit)))
+    if offset:
+        parts.append(sql.SQL(" OFFSET {}").format(p.add(offset)))
+    return sql.Composed(parts)
 
 
 def _any_present(metrics: Sequence[str]) -> sql.Composable:

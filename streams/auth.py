@@ -51,6 +51,11 @@ async def authenticate(request: Request) -> Caller:
     token = token.strip()
     if scheme.lower() != "bearer" or not looks_like_token(token):
         raise _refuse("malformed_token", "expected Authorization: Bearer sbk_...")
+    return await caller_for_token(request, token)
+
+
+async def caller_for_token(request: Request, token: str) -> Caller:
+    """The caller a well-formed token belongs to, or a 401 saying why not."""
     pool = request.app.state.pool
     async with pool.connection() as conn:
         record = await lookup_token(conn, token)

@@ -1,5 +1,5 @@
-"""Mount the streams routers (catalog, grants, subscriptions, history, audit, flows) and the
-gateway."""
+"""Mount the streams routers (catalog, grants, subscriptions, history, audit, flows,
+SensorThings) and the gateway."""
 
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ from streams import (
     routes_subscriptions,
 )
 from streams.gateway import Gateway, StreamsConfig
+from streams.sta import routes as sta_routes
 
 
 def include_all(app: FastAPI, config: StreamsConfig) -> None:
     """Add the routers to `app`, and run a streams gateway for as long as the app runs."""
     for module in (routes_catalog, routes_grants, routes_subscriptions, routes_history,
-                   routes_audit, routes_flows, routes_regional):  # fmt: skip
+                   routes_audit, routes_flows, routes_regional, sta_routes):  # fmt: skip
         app.include_router(module.router)
     outer = app.router.lifespan_context
 

@@ -378,8 +378,9 @@ def test_flows_show_a_coordinator_what_leaves_and_enters_its_organisation(region
 
 # -- the isolation matrix --------------------------------------------------------------------
 
-# What a path parameter names, and which of the city's objects to put there.
-PARAMS = {"grant_id", "sub_id", "device_id"}
+# What a path parameter names, and which of the city's objects to put there (`path`: a
+# SensorThings resource path, all of which one route parses).
+PARAMS = {"grant_id", "sub_id", "device_id", "path"}
 
 
 def test_every_route_refuses_another_organisations_data_without_a_grant(region: Town) -> None:
@@ -390,14 +391,15 @@ def test_every_route_refuses_another_organisations_data_without_a_grant(region: 
     with region.http("planning") as h:
         sub = h.post("/v1/subscriptions", json={"grant_id": internal["id"], "delivery": "sse"})
     assert sub.status_code == 201, sub.text
-    ids = {"grant_id": str(internal["id"]), "sub_id": sub.json()["id"], "device_id": f"{p}lamp-n1"}
+    ids = {"grant_id": str(internal["id"]), "sub_id": sub.json()["id"], "device_id": f"{p}lamp-n1",
+           "path": f"Things('{p}lamp-n1')"}  # fmt: skip
     city_marks = re.compile(
         "|".join(re.escape(x) for x in (f"{p}lamp-", f"{p}tl-", f"{p}m-", sub.json()["id"]))
     )
     # The route table as the API publishes it (every route, with its methods).
     table = region.app.openapi()["paths"]
-    routes = [(path, m.upper()) for path, ops in table.items() if path.startswith("/v1")
-              for m in ops]  # fmt: skip
+    routes = [(path, m.upper()) for path, ops in table.items()
+              if path.startswith(("/v1", "/sta/")) for m in ops]  # fmt: skip
     assert len(routes) >= 20
     checked = []
     for route_path, method in routes:

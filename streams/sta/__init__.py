@@ -1,0 +1,1 @@
+"""The OGC SensorThings API over the governed streams."""
