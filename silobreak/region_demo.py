@@ -80,8 +80,8 @@ def provision_region(settings: Settings, fleets: list[tuple[str, Any]]) -> Regio
                 claim_devices(conn, fleet.records(), org)
                 upsert_devices(conn, fleet.records())
         terms = {"granularity": "aggregate", "interval": INTERVAL, "pool": "district"}
-        for owner in _owners():
-            offer_stream(conn, owner[0], "meter", metrics=("flow",), terms=terms, actor=ACTOR)
+        for service, _ in _owners():
+            offer_stream(conn, service, "meter", metrics=("flow",), terms=terms, actor=ACTOR)
         team = issue_token(conn, SYNDICATE_TEAM, ttl=_TOKEN_FOR, actor=ACTOR).token
         city = issue_token(conn, office(CITY), ttl=_TOKEN_FOR, actor=ACTOR).token
     contracts = asyncio.run(_contracts(settings))

@@ -9,6 +9,7 @@ device id are unique on the whole platform, as a LoRaWAN device EUI is.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -63,18 +64,16 @@ def add_organisation(
     if kind not in ORG_KINDS:
         kinds = ", ".join(ORG_KINDS)
         raise OrganisationError(f"unknown organisation kind {kind!r} (one of {kinds})")
+    if re.fullmatch(NAME_PATTERN, name) is None:
+        raise OrganisationError(f"organisation name {name!r} must match {NAME_PATTERN}")
     with conn.transaction():
         row = conn.execute(
-            "INSERT INTO organisations (name, kind, display_name)"
-            " SELECT %s, %s, %s WHERE %s ~ %s"
+            "INSERT INTO organisations (name, kind, display_name) VALUES (%s, %s, %s)"
             " ON CONFLICT (name) DO NOTHING RETURNING name",
-            (name, kind, display_name, name, f"^{NAME_PATTERN}$"),
+            (name, kind, display_name),
         ).fetchone()
         if row is None:
-            exists = conn.execute("SELECT 1 FROM organisations WHERE name = %s", (name,)).fetchone()
-            if exists:
-                raise OrganisationError(f"organisation {name!r} already exists")
-            raise OrganisationError(f"organisation name {name!r} must match {NAME_PATTERN}")
+            raise OrganisationError(f"organisation {name!r} already exists")
         audit.record(conn, actor, "organisation.add", name, {"kind": kind})
 
 
