@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -52,20 +53,22 @@ def test_roles_makes_a_password_file_per_role_and_keeps_it_on_a_second_run(
 def test_roles_gives_the_coordinator_and_region_datasources_their_principals_passwords(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Database roles are the server's, not the database's: names of this test's own.
+    office, team = f"office-{uuid.uuid4().hex[:8]}", f"team-{uuid.uuid4().hex[:8]}"
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO principals (name, kind) VALUES ('data-office', 'coordinator'),"
-            " ('analysts', 'team')"
+            "INSERT INTO principals (name, kind) VALUES (%s, 'coordinator'), (%s, 'team')",
+            (office, team),
         )
     monkeypatch.setenv("SILOBREAK_DATABASE_URL", db_url)
     secrets = tmp_path / "secrets"
     args = ["grafana", "roles", "--secrets-dir", str(secrets)]
     runner = CliRunner()
-    done = runner.invoke(main, [*args, "--coordinator", "data-office", "--region", "analysts"])
+    done = runner.invoke(main, [*args, "--coordinator", office, "--region", team])
     assert done.exit_code == 0, done.output
-    assert "grafana_data-office: created, reads as data-office" in done.output
-    assert (secrets / "coordinator").read_text() == (secrets / "grafana_data-office").read_text()
-    assert (secrets / "region").read_text() == (secrets / "grafana_analysts").read_text()
+    assert f"grafana_{office}: created, reads as {office}" in done.output
+    assert (secrets / "coordinator").read_text() == (secrets / f"grafana_{office}").read_text()
+    assert (secrets / "region").read_text() == (secrets / f"grafana_{team}").read_text()
     unknown = runner.invoke(main, [*args, "--coordinator", "nobody"])
     assert unknown.exit_code != 0
     assert "grafana_nobody is no viewer's role" in unknown.output
